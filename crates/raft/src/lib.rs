@@ -1,0 +1,3 @@
+//! The Raft consensus algorithm as a pure, deterministic state machine.
+pub mod types;
+pub use types::*;
