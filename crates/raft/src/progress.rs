@@ -63,6 +63,16 @@ impl Inflights {
         }
     }
 
+    /// Forgets the oldest message. A heartbeat answer from a follower whose
+    /// window is full means it is alive but the appends filling the window
+    /// may all have been lost: freeing one slot lets an append through, whose
+    /// answer (or rejection) resynchronizes the follower.
+    pub fn free_first_one(&mut self) {
+        if let Some((_, bytes)) = self.messages.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub fn reset(&mut self) {
         self.messages.clear();
         self.bytes = 0;

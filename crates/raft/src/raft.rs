@@ -1121,9 +1121,13 @@ impl Raft {
             return;
         };
         progress.recent_active = true;
-        if progress.state == ProgressState::Probe {
+        match progress.state {
             // The follower is reachable again: let the next probe go.
-            progress.probe_sent = false;
+            ProgressState::Probe => progress.probe_sent = false,
+            ProgressState::Replicate if progress.inflights.is_full() => {
+                progress.inflights.free_first_one()
+            }
+            _ => {}
         }
         if progress.match_index < last_index {
             self.send_append(from, true);
