@@ -210,6 +210,46 @@ impl Cluster {
             .map_or(0, |node| node.state.applied_index)
     }
 
+    /// Ticks until every listed node has applied `index`.
+    pub fn wait_applied(&mut self, nodes: &[NodeId], index: u64, max_ticks: u64) -> bool {
+        let nodes = nodes.to_vec();
+        self.run_until(max_ticks, |cluster| {
+            nodes.iter().all(|&id| cluster.applied_index(id) >= index)
+        })
+    }
+
+    /// Proposes `count` entries at the leader and waits until every running
+    /// node applied them; returns the last position.
+    pub fn commit_entries(&mut self, count: usize, max_ticks: u64) -> LogPosition {
+        let Some(leader) = self.elect(max_ticks) else {
+            panic!("no leader elected\n{}", self.describe());
+        };
+        let mut last = None;
+        for n in 0..count {
+            match self.propose(leader, Bytes::from(format!("entry-{}-{n}", self.now_tick))) {
+                Ok(position) => last = Some(position),
+                Err(error) => panic!("proposal at leader {leader} refused: {error}"),
+            }
+        }
+        let Some(last) = last else {
+            panic!("commit_entries needs at least one entry");
+        };
+        let up = self.up_nodes();
+        if !self.wait_applied(&up, last.index, max_ticks) {
+            panic!(
+                "entries up to {} not applied everywhere\n{}",
+                last.index,
+                self.describe()
+            );
+        }
+        last
+    }
+
+    /// The state digest of node `id` (equal digests: same applied history).
+    pub fn state_digest(&self, id: NodeId) -> u64 {
+        self.nodes.get(&id).map_or(0, |node| node.state.digest)
+    }
+
     pub fn max_applied_index(&self) -> u64 {
         self.checker.max_applied_index()
     }
