@@ -22,6 +22,21 @@
 //! server (e.g. [`etcdserverpb::kv_server::Kv`],
 //! [`peer::peer_client::PeerClient`]). `bytes` fields are [`bytes::Bytes`].
 //!
+//! # Notes for implementers
+//!
+//! * prost renames etcd's fields to snake case: `TTL` is `ttl`, `ID` is `id`,
+//!   `grantedTTL` is `granted_ttl`, `peerURLs` is `peer_ur_ls`, `isLearner`
+//!   is `is_learner`; `HashKVRequest` is `HashKvRequest`, service `KV` is
+//!   [`etcdserverpb::kv_server::Kv`]. The wire keeps etcd's numbers.
+//! * No default method stubs are generated: a server implements every method
+//!   of a service it hosts, answering `Status::unimplemented` explicitly for
+//!   what raftkv does not support, so a forgotten method cannot compile.
+//! * etcdctl 3.4 sends the HTTP/2 `:authority` `http://host:port` on calls it
+//!   dials per endpoint (`endpoint status`, `move-leader`, `--cluster`) when
+//!   given endpoints with a scheme; the `h2` crate under tonic rejects that
+//!   before any handler runs. The fix belongs to the server's transport; see
+//!   `tests/etcdctl.rs` (`endpoint_with_scheme_breaks_per_endpoint_calls`).
+//!
 //! # What this crate must never do
 //!
 //! * Hold behaviour. No validation, no defaults beyond protobuf's, no
@@ -30,7 +45,9 @@
 //! * Change the etcd wire. In `etcdserverpb`, `mvccpb` and `authpb` a field's
 //!   number, type and name, a message's or service's name, an enum value, or
 //!   a package name is fixed by etcd; changing one breaks every etcd client.
-//!   The tests in `tests/` pin the important ones.
+//!   The tests in `tests/` pin them: hand-worked wire bytes, the compiled
+//!   descriptors against etcd 3.4's field table, gRPC paths over a real
+//!   connection, and the real `etcdctl` against the generated servers.
 //! * Break older raftkv members. In `raftkvpb.peer` add fields and oneof
 //!   members only; never renumber, retype or reuse a number.
 //! * Depend on other raftkv crates. Everyone depends on the wire; the wire
