@@ -98,7 +98,11 @@ fn run(proposers: u64, total: u64) -> f64 {
     bench.settle();
     bench.node(1).campaign_now();
     bench.settle();
-    assert_eq!(bench.node(1).role(), Role::Leader, "node 1 must win the first election");
+    assert_eq!(
+        bench.node(1).role(),
+        Role::Leader,
+        "node 1 must win the first election"
+    );
     bench.first_proposal_index = bench.node(1).last_index() + 1;
 
     let started = Instant::now();

@@ -10,6 +10,9 @@
 //!   predecessor term.
 //! * Leader Completeness: a leader's log holds every entry committed in an
 //!   earlier term (checked on election and whenever an entry is applied).
+//!   The commit term is bounded from above by the terms of the nodes that
+//!   applied the entry, so the check never blames a leader elected before a
+//!   later-term leader committed an old-term entry.
 //! * State Machine Safety: no two nodes apply different entries at an index;
 //!   each node applies in order without gaps, so committed entries are never
 //!   lost or reordered.
@@ -58,6 +61,11 @@ pub fn chain_digest(previous: u64, entry: &Entry) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct AppliedRecord {
     term: u64,
+    /// An upper bound on the term in which the entry was committed: the
+    /// lowest current term of any node when it applied the entry (a node
+    /// learns of a commit from a leader of a term no higher than its own).
+    /// Leader Completeness binds leaders of later terms only.
+    commit_term_bound: u64,
     fingerprint: u64,
     digest: u64,
     first_applied_by: NodeId,
@@ -114,15 +122,18 @@ impl SafetyChecker {
         }
     }
 
-    /// A node applied `entry` with state digest `digest` after it.
+    /// A node at term `node_term` applied `entry`, with state digest `digest`
+    /// after it.
     pub fn observe_applied(
         &mut self,
         node: NodeId,
+        node_term: u64,
         entry: &Entry,
         digest: u64,
     ) -> Result<(), Violation> {
         let record = AppliedRecord {
             term: entry.term,
+            commit_term_bound: node_term,
             fingerprint: entry_fingerprint(entry),
             digest,
             first_applied_by: node,
@@ -138,7 +149,12 @@ impl SafetyChecker {
                     entry.index, entry.term, existing.first_applied_by, entry.index, existing.term
                 )));
             }
-            Some(_) => {}
+            Some(existing) => {
+                let bound = existing.commit_term_bound.min(node_term);
+                if let Some(existing) = self.applied.get_mut(&entry.index) {
+                    existing.commit_term_bound = bound;
+                }
+            }
             None => {
                 self.applied.insert(entry.index, record);
             }
@@ -157,12 +173,12 @@ impl SafetyChecker {
         log_term: impl Fn(u64) -> Option<u64>,
     ) -> Result<(), Violation> {
         for (&index, record) in self.applied.range(first_index..) {
-            if record.term >= term {
+            if record.commit_term_bound >= term {
                 continue;
             }
             if log_term(index) != Some(record.term) {
                 return Err(Violation(format!(
-                    "Leader Completeness: leader {node} of term {term} lacks committed entry \
+                    "Leader Completeness (at election): leader {node} of term {term} lacks committed entry \
                      (index {index}, term {}); its log has term {:?} there",
                     record.term,
                     log_term(index)
@@ -184,10 +200,12 @@ impl SafetyChecker {
         let Some(record) = self.applied.get(&entry_index) else {
             return Ok(());
         };
-        if record.term < leader_term && entry_index >= first_index && log_term != Some(record.term)
+        if record.commit_term_bound < leader_term
+            && entry_index >= first_index
+            && log_term != Some(record.term)
         {
             return Err(Violation(format!(
-                "Leader Completeness: leader {leader} of term {leader_term} lacks committed entry \
+                "Leader Completeness (on apply): leader {leader} of term {leader_term} lacks committed entry \
                  (index {entry_index}, term {}); its log has term {log_term:?} there",
                 record.term
             )));

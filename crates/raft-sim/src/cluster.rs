@@ -487,7 +487,8 @@ impl Cluster {
         }
         node.state.apply(entry);
         let digest = node.state.digest;
-        let result = self.checker.observe_applied(id, entry, digest);
+        let node_term = node.raft.as_ref().map_or(0, Raft::term);
+        let result = self.checker.observe_applied(id, node_term, entry, digest);
         self.fail(result);
         // Every live leader of a later term must hold what was just applied.
         let checks: Vec<Result<(), Violation>> = self
@@ -614,6 +615,7 @@ impl Cluster {
         if let Some(node) = self.nodes.get_mut(&id) {
             if node.raft.take().is_some() {
                 self.crashes += 1;
+                tracing::info!(tick = self.now_tick, id, "sim: crash");
             }
             node.state = StateMachine::default();
         }
@@ -632,6 +634,7 @@ impl Cluster {
             return;
         }
         let initial = node.storage.initial_state();
+        tracing::info!(tick = self.now_tick, id, hard_state = ?initial.hard_state, last = node.storage.last_index(), "sim: restart");
         node.state = match &initial.snapshot {
             Some(snapshot) => match StateMachine::decode(&snapshot.data) {
                 Some(state) => state,

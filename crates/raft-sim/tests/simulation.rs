@@ -11,8 +11,20 @@ fn env_u64(name: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// `RAFTKV_SIM_TRACE=info` (or `debug`) prints the Raft nodes' log lines,
+/// for replaying one seed.
+fn init_trace() {
+    if let Ok(filter) = std::env::var("RAFTKV_SIM_TRACE") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .without_time()
+            .try_init();
+    }
+}
+
 #[test]
 fn random_simulation() {
+    init_trace();
     let seeds: Vec<u64> = match env_u64("RAFTKV_SIM_SEED") {
         Some(seed) => vec![seed],
         None => {

@@ -782,6 +782,14 @@ impl Raft {
         let log_ok = self.log.is_up_to_date(last_log_index, last_log_term);
         #[cfg(debug_assertions)]
         let log_ok = log_ok || self.config.faults.vote_ignores_log_up_to_date;
+        tracing::debug!(
+            id = self.id,
+            from = m.from,
+            term = m.term,
+            pre_vote,
+            granted = can_vote && log_ok,
+            "vote request"
+        );
         if can_vote && log_ok {
             // Answer in the candidate's term so it can count the vote.
             self.send_after_persist(
