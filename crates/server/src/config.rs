@@ -316,10 +316,10 @@ pub fn parse_url(setting: &'static str, url: &str) -> Result<SocketAddr, ConfigE
             format!("{url:?}: a URL here must not have a path"),
         ));
     }
-    if !host_port
+    let has_port = host_port
         .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-    {
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    if !has_port {
         return Err(invalid(
             setting,
             format!("{url:?}: needs an explicit port, e.g. http://127.0.0.1:2379"),
