@@ -1,0 +1,372 @@
+//! The peer transport: carries Raft messages between members over gRPC.
+//!
+//! Outbound, each peer has one long-lived `Peer.Raft` stream fed from a
+//! bounded queue: every batch of messages one Ready produced for that peer
+//! becomes one frame, pipelined, never waiting for an answer. When the queue
+//! is full or the stream breaks, messages are dropped (Raft retransmits what
+//! matters) and the Raft task is told the peer is unreachable, so the leader
+//! falls back to probing instead of streaming into the void. Inbound, the
+//! `Peer` service checks each stream's handshake (cluster, addressee,
+//! protocol version) before any of its messages reach Raft.
+//!
+//! This module never blocks the Raft task: `send` only enqueues.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::peer as wire;
+use proto::peer::peer_client::PeerClient;
+use raft::{Message, NodeId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{message_from_wire, message_to_wire};
+
+/// Frames queued per peer before new ones are dropped.
+const PEER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Wait before reconnecting to a peer whose stream failed; doubles up to
+/// `RECONNECT_BACKOFF_MAX`.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Largest gRPC message accepted from a peer (a frame of entries).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What the transport tells the Raft task.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// A message from a peer, already admitted.
+    Received(Message),
+    /// Messages to this peer were lost (queue full, stream broken).
+    Unreachable(NodeId),
+}
+
+/// Identity checked on every stream.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalIdentity {
+    pub cluster_id: u64,
+    pub member_id: NodeId,
+}
+
+impl LocalIdentity {
+    fn handshake_to(&self, to: NodeId) -> wire::Handshake {
+        wire::Handshake {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            to,
+            protocol_version: wire::ProtocolVersion::ProtocolVersion1 as i32,
+        }
+    }
+
+    /// Admission rules of `peer.proto`.
+    fn admit(&self, handshake: Option<&wire::Handshake>) -> Result<NodeId, Status> {
+        let Some(handshake) = handshake else {
+            return Err(Status::invalid_argument(
+                "first frame must carry a handshake",
+            ));
+        };
+        if handshake.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "peer {:x} belongs to cluster {:x}, this member to cluster {:x}",
+                handshake.from, handshake.cluster_id, self.cluster_id
+            )));
+        }
+        if handshake.to != self.member_id {
+            return Err(Status::failed_precondition(format!(
+                "stream addressed to member {:x}, this is member {:x}",
+                handshake.to, self.member_id
+            )));
+        }
+        if handshake.protocol_version != wire::ProtocolVersion::ProtocolVersion1 as i32 {
+            return Err(Status::unimplemented(format!(
+                "peer protocol version {} is not supported",
+                handshake.protocol_version
+            )));
+        }
+        Ok(handshake.from)
+    }
+}
+
+struct PeerQueue {
+    frames: mpsc::Sender<Vec<wire::RaftMessage>>,
+    urls: Vec<String>,
+}
+
+/// The outbound half: one stream per peer.
+#[derive(Clone)]
+pub struct Transport {
+    identity: LocalIdentity,
+    events: mpsc::Sender<TransportEvent>,
+    /// std Mutex: held only to look up or replace a queue, never across an
+    /// await.
+    peers: Arc<Mutex<HashMap<NodeId, PeerQueue>>>,
+}
+
+impl Transport {
+    pub fn new(identity: LocalIdentity, events: mpsc::Sender<TransportEvent>) -> Self {
+        Transport {
+            identity,
+            events,
+            peers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerQueue>> {
+        // A panic while holding this lock leaves only a map of queues behind,
+        // which stays consistent: recover it.
+        self.peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds or re-addresses a peer. Its stream starts at once and reconnects
+    /// with backoff for as long as the peer is known.
+    pub fn set_peer(&self, id: NodeId, urls: Vec<String>) {
+        if id == self.identity.member_id {
+            return;
+        }
+        let mut peers = self.lock_peers();
+        if peers.get(&id).is_some_and(|peer| peer.urls == urls) {
+            return;
+        }
+        let (frames, receiver) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
+        tokio::spawn(run_peer_stream(
+            self.identity,
+            id,
+            urls.clone(),
+            receiver,
+            self.events.clone(),
+        ));
+        // Replacing the queue drops the old sender, which ends the old task.
+        peers.insert(id, PeerQueue { frames, urls });
+    }
+
+    pub fn remove_peer(&self, id: NodeId) {
+        self.lock_peers().remove(&id);
+    }
+
+    /// Enqueues messages, one frame per destination. Never blocks.
+    pub fn send(&self, messages: Vec<Message>) {
+        let mut by_peer: HashMap<NodeId, Vec<wire::RaftMessage>> = HashMap::new();
+        for message in &messages {
+            by_peer
+                .entry(message.to)
+                .or_default()
+                .push(message_to_wire(message));
+        }
+        let mut unreachable = Vec::new();
+        {
+            let peers = self.lock_peers();
+            for (to, frame) in by_peer {
+                match peers.get(&to) {
+                    Some(peer) => {
+                        if peer.frames.try_send(frame).is_err() {
+                            unreachable.push(to);
+                        }
+                    }
+                    None => tracing::debug!(to, "dropping messages for an unknown peer"),
+                }
+            }
+        }
+        for id in unreachable {
+            let _ = self.events.try_send(TransportEvent::Unreachable(id));
+        }
+    }
+}
+
+/// Keeps one outbound stream to `peer` alive until its queue is dropped.
+async fn run_peer_stream(
+    identity: LocalIdentity,
+    peer: NodeId,
+    urls: Vec<String>,
+    mut queue: mpsc::Receiver<Vec<wire::RaftMessage>>,
+    events: mpsc::Sender<TransportEvent>,
+) {
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut attempt: usize = 0;
+    loop {
+        let url = urls[attempt % urls.len().max(1)].clone();
+        attempt += 1;
+        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(endpoint) => endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5)),
+            Err(error) => {
+                tracing::error!(peer, url, %error, "invalid peer URL");
+                return;
+            }
+        };
+        match endpoint.connect().await {
+            Ok(channel) => {
+                backoff = RECONNECT_BACKOFF_MIN;
+                let mut client = PeerClient::new(channel)
+                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+                let (frames_tx, frames_rx) = mpsc::channel::<wire::RaftFrame>(16);
+                let handshake = wire::RaftFrame {
+                    handshake: Some(identity.handshake_to(peer)),
+                    messages: Vec::new(),
+                };
+                if frames_tx.send(handshake).await.is_err() {
+                    return;
+                }
+                // The peer answers the handshake at once; frames queued
+                // meanwhile wait in `queue`.
+                let call = client.raft(Request::new(ReceiverStream::new(frames_rx)));
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(Ok(response)) => {
+                        let mut accepted = response.into_inner();
+                        loop {
+                            tokio::select! {
+                                frame = queue.recv() => {
+                                    let Some(messages) = frame else { return; };
+                                    let frame = wire::RaftFrame { handshake: None, messages };
+                                    if frames_tx.send(frame).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                answer = accepted.next() => {
+                                    // Nothing follows the acceptance: any
+                                    // answer now is the end of the stream.
+                                    match answer {
+                                        Some(Ok(_)) => {}
+                                        Some(Err(status)) => {
+                                            tracing::warn!(peer, url, %status, "raft stream to peer closed");
+                                            break;
+                                        }
+                                        None => break,
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(Err(status)) => {
+                        tracing::warn!(peer, url, %status, "peer refused the raft stream")
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer, url, "peer did not answer the raft stream handshake")
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(peer, url, %error, "cannot connect to peer");
+            }
+        }
+        let _ = events.try_send(TransportEvent::Unreachable(peer));
+        // Drop what queued up while disconnected: it is stale by now.
+        while queue.try_recv().is_ok() {}
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+        if queue.is_closed() {
+            return;
+        }
+    }
+}
+
+/// The inbound half: the `Peer` gRPC service.
+pub struct PeerService {
+    identity: LocalIdentity,
+    events: mpsc::Sender<TransportEvent>,
+}
+
+impl PeerService {
+    pub fn new(identity: LocalIdentity, events: mpsc::Sender<TransportEvent>) -> Self {
+        PeerService { identity, events }
+    }
+}
+
+type AcceptedStream = Pin<Box<dyn Stream<Item = Result<wire::RaftStreamAccepted, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl wire::peer_server::Peer for PeerService {
+    type RaftStream = AcceptedStream;
+
+    async fn raft(
+        &self,
+        request: Request<Streaming<wire::RaftFrame>>,
+    ) -> Result<Response<Self::RaftStream>, Status> {
+        let mut frames = request.into_inner();
+        let first = match frames.message().await? {
+            Some(frame) => frame,
+            None => {
+                return Err(Status::invalid_argument(
+                    "stream ended before its handshake",
+                ))
+            }
+        };
+        let from = self.identity.admit(first.handshake.as_ref())?;
+        let expected_to = self.identity.member_id;
+        let events = self.events.clone();
+        let (accepted_tx, accepted_rx) = mpsc::channel(1);
+        let _ = accepted_tx
+            .send(Ok(wire::RaftStreamAccepted {
+                member_id: expected_to,
+            }))
+            .await;
+        tokio::spawn(async move {
+            let mut pending = first.messages;
+            loop {
+                for message in pending.drain(..) {
+                    if message.from != from || message.to != expected_to {
+                        let _ = accepted_tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "message from {:x} to {:x} on a stream from {from:x} to {expected_to:x}",
+                                message.from, message.to
+                            ))))
+                            .await;
+                        return;
+                    }
+                    match message_from_wire(message) {
+                        Ok(message) => {
+                            if events
+                                .send(TransportEvent::Received(message))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(from, %error, "dropping malformed raft message")
+                        }
+                    }
+                }
+                match frames.message().await {
+                    Ok(Some(frame)) => pending = frame.messages,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(from, %status, "raft stream from peer ended");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(accepted_rx))))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<wire::SnapshotChunk>>,
+    ) -> Result<Response<wire::SnapshotAck>, Status> {
+        let mut chunks = request.into_inner();
+        let header = match chunks.message().await? {
+            Some(wire::SnapshotChunk {
+                part: Some(wire::snapshot_chunk::Part::Header(header)),
+            }) => header,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "snapshot stream must open with a header",
+                ))
+            }
+        };
+        self.identity.admit(header.handshake.as_ref())?;
+        Err(Status::unimplemented(
+            "snapshot transfer between members is not built yet; the member catches up from the log",
+        ))
+    }
+}

@@ -1,0 +1,116 @@
+//! The peer transport over real loopback gRPC: messages arrive in order and
+//! intact; a member of another cluster is refused before any of its messages
+//! reach Raft, and the sender learns the peer is unreachable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::peer::peer_server::PeerServer;
+use raft::{Entry, Message, MessageBody};
+use server::transport::{LocalIdentity, PeerService, Transport, TransportEvent};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+async fn serve_member(identity: LocalIdentity) -> (SocketAddr, mpsc::Receiver<TransportEvent>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let service = PeerServer::new(PeerService::new(identity, events_tx));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    (addr, events_rx)
+}
+
+fn append(from: u64, to: u64, index: u64) -> Message {
+    Message {
+        from,
+        to,
+        term: 3,
+        body: MessageBody::AppendEntries {
+            prev_log_index: index - 1,
+            prev_log_term: 3,
+            entries: vec![Entry::normal(
+                3,
+                index,
+                Bytes::from(format!("value-{index}")),
+            )],
+            commit: index - 1,
+        },
+    }
+}
+
+#[tokio::test]
+async fn messages_arrive_in_order_and_intact() {
+    let receiver = LocalIdentity {
+        cluster_id: 7,
+        member_id: 2,
+    };
+    let (addr, mut received) = serve_member(receiver).await;
+    let (sender_events, _sender_events_rx) = mpsc::channel(1024);
+    let transport = Transport::new(
+        LocalIdentity {
+            cluster_id: 7,
+            member_id: 1,
+        },
+        sender_events,
+    );
+    transport.set_peer(2, vec![format!("http://{addr}")]);
+
+    let sent: Vec<Message> = (1..=200).map(|index| append(1, 2, index)).collect();
+    for chunk in sent.chunks(10) {
+        transport.send(chunk.to_vec());
+    }
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
+            Ok(Some(TransportEvent::Received(message))) => got.push(message),
+            Ok(Some(TransportEvent::Unreachable(_))) => {}
+            Ok(None) | Err(_) => panic!("only {} of {} messages arrived", got.len(), sent.len()),
+        }
+    }
+    assert_eq!(got, sent);
+}
+
+#[tokio::test]
+async fn a_member_of_another_cluster_is_refused() {
+    let receiver = LocalIdentity {
+        cluster_id: 7,
+        member_id: 2,
+    };
+    let (addr, mut received) = serve_member(receiver).await;
+    let (sender_events, mut sender_events_rx) = mpsc::channel(1024);
+    let stranger = Transport::new(
+        LocalIdentity {
+            cluster_id: 8,
+            member_id: 1,
+        },
+        sender_events,
+    );
+    stranger.set_peer(2, vec![format!("http://{addr}")]);
+    stranger.send(vec![append(1, 2, 1)]);
+
+    let unreachable = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(TransportEvent::Unreachable(2)) = sender_events_rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        unreachable.is_ok(),
+        "the refused sender must learn the peer is unreachable"
+    );
+    assert!(
+        received.try_recv().is_err(),
+        "no message of another cluster may reach Raft"
+    );
+}
