@@ -8,4 +8,5 @@
 
 pub mod config;
 pub mod convert;
+pub mod node;
 pub mod transport;

@@ -1,0 +1,223 @@
+//! Three nodes in one process over real loopback gRPC, with in-memory log
+//! storage and a trivial state machine: the driver, the transport and the
+//! Raft core working together.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::peer::peer_server::PeerServer;
+use raft::{Entry, HardState, Raft, Snapshot, SnapshotMetadata};
+use server::node::{
+    raft_config, LogStorage, Node, NodeError, NodeHandle, NodeOptions, StateMachine, StorageError,
+};
+use server::transport::{LocalIdentity, PeerService, Transport};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(Default)]
+struct MemoryLog {
+    entries: Vec<Entry>,
+}
+
+impl LogStorage for MemoryLog {
+    fn persist(
+        &mut self,
+        _hard_state: Option<HardState>,
+        entries: &[Entry],
+        _snapshot: Option<&SnapshotMetadata>,
+    ) -> Result<(), StorageError> {
+        if let Some(first) = entries.first() {
+            self.entries.retain(|entry| entry.index < first.index);
+            self.entries.extend_from_slice(entries);
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self, index: u64) -> Result<(), StorageError> {
+        self.entries.retain(|entry| entry.index > index);
+        Ok(())
+    }
+}
+
+/// Records every payload applied; answers with the entry's index.
+#[derive(Clone, Default)]
+struct Recorder {
+    applied: Arc<Mutex<Vec<Bytes>>>,
+    applied_index: u64,
+}
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, index: u64, _term: u64, payload: &[u8]) -> Result<Bytes, StorageError> {
+        if !payload.is_empty() {
+            self.applied
+                .lock()
+                .expect("test lock")
+                .push(Bytes::copy_from_slice(payload));
+        }
+        self.applied_index = index;
+        Ok(Bytes::from(index.to_string()))
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), StorageError> {
+        self.applied_index = entry.index;
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.applied_index = snapshot.metadata.index;
+        Ok(())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+}
+
+struct TestMember {
+    node: Node,
+    recorder: Recorder,
+}
+
+async fn start_cluster() -> Vec<TestMember> {
+    let ids = [1u64, 2, 3];
+    let mut listeners = Vec::new();
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for _ in ids {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        addrs.push(listener.local_addr().expect("addr"));
+        listeners.push(listener);
+    }
+    let mut members = Vec::new();
+    for (position, listener) in listeners.into_iter().enumerate() {
+        let id = ids[position];
+        let identity = LocalIdentity {
+            cluster_id: 9,
+            member_id: id,
+        };
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let service = PeerServer::new(PeerService::new(identity, events_tx.clone()));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        let transport = Transport::new(identity, events_tx);
+        for (other_position, &other) in ids.iter().enumerate() {
+            transport.set_peer(other, vec![format!("http://{}", addrs[other_position])]);
+        }
+        let raft = Raft::bootstrap(raft_config(id, 20, 200, id), &ids).expect("bootstrap");
+        let recorder = Recorder::default();
+        let node = Node::start(
+            raft,
+            MemoryLog::default(),
+            recorder.clone(),
+            transport,
+            events_rx,
+            NodeOptions {
+                tick_interval: Duration::from_millis(20),
+                request_timeout: Duration::from_secs(5),
+                snapshot_count: 1000,
+                snapshot_catchup_entries: 100,
+            },
+        );
+        members.push(TestMember { node, recorder });
+    }
+    members
+}
+
+/// Waits until member 1 knows a leader, and the leader knows it leads.
+async fn wait_for_leader(members: &[TestMember]) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = members[0]
+        .node
+        .handle
+        .wait_status(deadline, |status| status.leader != 0)
+        .await
+        .expect("a leader within 10 s");
+    let position = (status.leader - 1) as usize;
+    members[position]
+        .node
+        .handle
+        .wait_status(deadline, |status| status.role_is_leader)
+        .await
+        .expect("the leader knows it leads");
+    position
+}
+
+fn handle(members: &[TestMember], position: usize) -> NodeHandle {
+    members[position].node.handle.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_commit_on_every_member_and_followers_redirect() {
+    let members = start_cluster().await;
+    let leader = wait_for_leader(&members).await;
+    let leader_handle = handle(&members, leader);
+
+    let mut proposals = Vec::new();
+    for n in 0..50 {
+        let handle = leader_handle.clone();
+        proposals.push(tokio::spawn(async move {
+            handle
+                .propose(format!("value-{n}").as_bytes(), Duration::from_secs(5))
+                .await
+        }));
+    }
+    for proposal in proposals {
+        let result = proposal.await.expect("task");
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    let follower = (leader + 1) % 3;
+    let follower_handle = handle(&members, follower);
+    match follower_handle
+        .propose(b"at a follower", Duration::from_secs(1))
+        .await
+    {
+        Err(NodeError::NotLeader { leader: id }) => assert_eq!(id, leader as u64 + 1),
+        other => panic!("a follower must redirect, got {other:?}"),
+    }
+
+    // A linearizable read at the follower sees every committed write.
+    follower_handle
+        .linearizable_read_barrier(Duration::from_secs(5))
+        .await
+        .expect("read barrier at a follower");
+    assert_eq!(
+        members[follower]
+            .recorder
+            .applied
+            .lock()
+            .expect("lock")
+            .len(),
+        50
+    );
+
+    for member in &members {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        member
+            .node
+            .handle
+            .wait_applied(leader_handle.status().commit_index, deadline)
+            .await
+            .expect("every member applies");
+    }
+    let reference = members[leader]
+        .recorder
+        .applied
+        .lock()
+        .expect("lock")
+        .clone();
+    for member in &members {
+        assert_eq!(*member.recorder.applied.lock().expect("lock"), reference);
+    }
+    for member in members {
+        member.node.stop();
+    }
+}
