@@ -16,6 +16,7 @@ const PROTO_FILES: &[&str] = &[
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "raftkvpb/peer.proto",
+    "raftkvpb/internal.proto",
 ];
 
 const INCLUDE_ROOT: &str = "proto";

@@ -74,6 +74,21 @@ pub mod peer {
     include!(concat!(env!("OUT_DIR"), "/raftkvpb.peer.rs"));
 }
 
+/// What a member writes into a Raft log entry and what applying it returns
+/// (package `raftkvpb.internal`).
+pub mod internal {
+    pub use crate::raftkvpb_nesting::internal::*;
+}
+
+/// Generated code names other packages by relative paths
+/// (`super::super::super::etcdserverpb`), so `raftkvpb.internal` must sit
+/// two levels below the crate root.
+mod raftkvpb_nesting {
+    pub mod internal {
+        include!(concat!(env!("OUT_DIR"), "/raftkvpb.internal.rs"));
+    }
+}
+
 /// The encoded `google.protobuf.FileDescriptorSet` of every file above
 /// (without source comments), e.g. for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

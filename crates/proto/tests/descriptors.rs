@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "raftkvpb/peer.proto",
+    "raftkvpb/internal.proto",
 ];
 
 fn compile() -> FileDescriptorSet {
@@ -380,6 +381,7 @@ fn packages_and_syntax() {
             ("authpb/auth.proto", "authpb"),
             ("etcdserverpb/rpc.proto", "etcdserverpb"),
             ("raftkvpb/peer.proto", "raftkvpb.peer"),
+            ("raftkvpb/internal.proto", "raftkvpb.internal"),
         ]
     );
     for file in &set.file {
