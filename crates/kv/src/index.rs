@@ -1,0 +1,238 @@
+//! The key index: for every key, the revisions at which it was written,
+//! grouped into generations (a generation runs from a creation to a
+//! deletion). Answers "which revision of key K is visible at revision R".
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+/// A point in the store's history: `main` is the cluster-wide revision of a
+/// write request; `sub` orders the changes within one (a transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub main: i64,
+    pub sub: i64,
+}
+
+impl Revision {
+    pub fn new(main: i64, sub: i64) -> Self {
+        Revision { main, sub }
+    }
+}
+
+/// One life of a key: created at `revisions[0]`, then modified; ended by a
+/// deletion at `deleted`, if it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Generation {
+    /// The creating put; kept after compaction drops its revision.
+    created: Revision,
+    /// Version of `revisions[0]` (1 until compaction drops older ones).
+    first_version: i64,
+    revisions: Vec<Revision>,
+    deleted: Option<Revision>,
+}
+
+/// What the index knows of one visible version of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub modified: Revision,
+    pub created: Revision,
+    /// Writes since creation, 1 after the creating put.
+    pub version: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KeyHistory {
+    /// Oldest first. Invariant: only the last generation may be open.
+    generations: Vec<Generation>,
+}
+
+impl KeyHistory {
+    fn visible_at(&self, at: i64) -> Option<VersionInfo> {
+        // Newest generation whose creation is at or before `at`.
+        let generation = self.generations.iter().rev().find(|generation| {
+            generation
+                .revisions
+                .first()
+                .is_some_and(|first| first.main <= at)
+        })?;
+        if generation.deleted.is_some_and(|deleted| deleted.main <= at) {
+            return None;
+        }
+        let position = generation
+            .revisions
+            .iter()
+            .rposition(|revision| revision.main <= at)?;
+        Some(VersionInfo {
+            modified: generation.revisions[position],
+            created: generation.created,
+            version: generation.first_version + position as i64,
+        })
+    }
+
+    fn is_live(&self) -> bool {
+        self.generations
+            .last()
+            .is_some_and(|generation| generation.deleted.is_none())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    keys: BTreeMap<Bytes, KeyHistory>,
+}
+
+impl KeyIndex {
+    pub fn put(&mut self, key: &Bytes, revision: Revision) {
+        let history = self.keys.entry(key.clone()).or_default();
+        match history.generations.last_mut() {
+            Some(generation) if generation.deleted.is_none() => generation.revisions.push(revision),
+            _ => history.generations.push(Generation {
+                created: revision,
+                first_version: 1,
+                revisions: vec![revision],
+                deleted: None,
+            }),
+        }
+    }
+
+    /// Ends the key's current generation. Returns false if it was not live.
+    pub fn delete(&mut self, key: &Bytes, revision: Revision) -> bool {
+        let Some(history) = self.keys.get_mut(key) else {
+            return false;
+        };
+        match history.generations.last_mut() {
+            Some(generation) if generation.deleted.is_none() => {
+                generation.deleted = Some(revision);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn get(&self, key: &[u8], at: i64) -> Option<VersionInfo> {
+        self.keys.get(key)?.visible_at(at)
+    }
+
+    /// Keys in `[start, end)` visible at `at`, in key order. `end = None`
+    /// means unbounded.
+    pub fn range<'a>(
+        &'a self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        at: i64,
+    ) -> impl Iterator<Item = (&'a Bytes, VersionInfo)> + 'a {
+        let upper = match end {
+            Some(end) => Bound::Excluded(Bytes::copy_from_slice(end)),
+            None => Bound::Unbounded,
+        };
+        let lower = Bound::Included(Bytes::copy_from_slice(start));
+        let empty = matches!((&lower, &upper), (Bound::Included(l), Bound::Excluded(u)) if l >= u);
+        let iter = if empty {
+            None
+        } else {
+            Some(self.keys.range((lower, upper)))
+        };
+        iter.into_iter()
+            .flatten()
+            .filter_map(move |(key, history)| history.visible_at(at).map(|info| (key, info)))
+    }
+
+    /// Whether `key` currently exists.
+    pub fn is_live(&self, key: &[u8]) -> bool {
+        self.keys.get(key).is_some_and(KeyHistory::is_live)
+    }
+
+    /// Forgets history older than `at`: for every key, only what a read at
+    /// `at` or later can see survives. Returns the revisions no longer
+    /// reachable, for the caller to drop from storage.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut dropped = Vec::new();
+        self.keys.retain(|_, history| {
+            let mut kept = Vec::new();
+            for generation in history.generations.drain(..) {
+                if let Some(deleted) = generation.deleted {
+                    if deleted.main <= at {
+                        // The whole generation ended at or before `at`.
+                        dropped.extend(generation.revisions);
+                        dropped.push(deleted);
+                        continue;
+                    }
+                }
+                // Keep the newest revision at or before `at`, and all later.
+                let keep_from = generation
+                    .revisions
+                    .iter()
+                    .rposition(|revision| revision.main <= at)
+                    .unwrap_or(0);
+                let mut generation = generation;
+                dropped.extend(generation.revisions.drain(..keep_from));
+                generation.first_version += keep_from as i64;
+                kept.push(generation);
+            }
+            history.generations = kept;
+            !history.generations.is_empty()
+        });
+        dropped
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    #[test]
+    fn versions_restart_after_a_delete() {
+        let mut index = KeyIndex::default();
+        index.put(&key("a"), Revision::new(2, 0));
+        index.put(&key("a"), Revision::new(3, 0));
+        assert!(index.delete(&key("a"), Revision::new(4, 0)));
+        index.put(&key("a"), Revision::new(5, 0));
+        assert_eq!(index.get(b"a", 1), None);
+        assert_eq!(
+            index.get(b"a", 3).map(|v| (v.version, v.created.main)),
+            Some((2, 2))
+        );
+        assert_eq!(index.get(b"a", 4), None);
+        assert_eq!(
+            index.get(b"a", 9).map(|v| (v.version, v.created.main)),
+            Some((1, 5))
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_what_later_reads_see() {
+        let mut index = KeyIndex::default();
+        index.put(&key("a"), Revision::new(2, 0));
+        index.put(&key("a"), Revision::new(3, 0));
+        index.put(&key("b"), Revision::new(4, 0));
+        index.delete(&key("b"), Revision::new(5, 0));
+        let dropped = index.compact(4);
+        assert!(dropped.contains(&Revision::new(2, 0)));
+        assert_eq!(index.get(b"a", 4).map(|v| v.modified.main), Some(3));
+        assert_eq!(index.get(b"b", 4).map(|v| v.modified.main), Some(4));
+        index.compact(5);
+        assert_eq!(index.key_count(), 1, "b's only generation ended at 5");
+    }
+
+    #[test]
+    fn range_is_half_open_and_ordered() {
+        let mut index = KeyIndex::default();
+        for (n, name) in ["a", "b", "c"].iter().enumerate() {
+            index.put(&key(name), Revision::new(n as i64 + 2, 0));
+        }
+        let keys: Vec<&Bytes> = index.range(b"a", Some(b"c"), 10).map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![&key("a"), &key("b")]);
+        assert_eq!(index.range(b"b", None, 10).count(), 2);
+        assert_eq!(index.range(b"c", Some(b"a"), 10).count(), 0);
+    }
+}

@@ -1,0 +1,554 @@
+//! etcd's documented semantics, one behaviour per test.
+
+use bytes::Bytes;
+use kv::store::{
+    ERR_COMPACTED, ERR_DUPLICATE_KEY, ERR_EMPTY_KEY, ERR_FUTURE_REV, ERR_KEY_NOT_FOUND,
+    ERR_LEASE_NOT_FOUND, ERR_TOO_MANY_OPS,
+};
+use kv::{validate_request, ApplyError, Store};
+use proto::etcdserverpb::{
+    compare, range_request, request_op, response_op, CompactionRequest, Compare,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, TxnRequest, TxnResponse,
+};
+use proto::internal::{internal_request, internal_response, InternalRequest};
+
+fn b(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn apply(
+    store: &mut Store,
+    request: internal_request::Request,
+) -> Result<internal_response::Response, ApplyError> {
+    let request = InternalRequest {
+        request: Some(request),
+    };
+    match store.apply(&request).response {
+        Some(internal_response::Response::Error(error)) => Err(ApplyError {
+            grpc_code: error.grpc_code,
+            message: Box::leak(error.message.into_boxed_str()),
+        }),
+        Some(response) => Ok(response),
+        None => panic!("apply returned no response"),
+    }
+}
+
+fn put_request(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: b(key),
+        value: b(value),
+        ..PutRequest::default()
+    }
+}
+
+fn put(store: &mut Store, key: &str, value: &str) -> PutResponse {
+    put_with(store, put_request(key, value)).expect("put succeeds")
+}
+
+fn put_with(store: &mut Store, request: PutRequest) -> Result<PutResponse, ApplyError> {
+    match apply(store, internal_request::Request::Put(request))? {
+        internal_response::Response::Put(response) => Ok(response),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn delete(store: &mut Store, request: DeleteRangeRequest) -> DeleteRangeResponse {
+    match apply(store, internal_request::Request::DeleteRange(request)) {
+        Ok(internal_response::Response::DeleteRange(response)) => response,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn txn(store: &mut Store, request: TxnRequest) -> Result<TxnResponse, ApplyError> {
+    match apply(store, internal_request::Request::Txn(request))? {
+        internal_response::Response::Txn(response) => Ok(response),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn get(store: &Store, key: &str) -> RangeResponse {
+    store
+        .range(&RangeRequest {
+            key: b(key),
+            ..RangeRequest::default()
+        })
+        .expect("range succeeds")
+}
+
+fn prefix_end(prefix: &str) -> Bytes {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    Bytes::from(end)
+}
+
+fn keys(response: &RangeResponse) -> Vec<String> {
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put_request(key, value))),
+    }
+}
+
+fn op_get(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: b(key),
+            ..RangeRequest::default()
+        })),
+    }
+}
+
+fn compare_value(key: &str, result: compare::CompareResult, value: &str) -> Compare {
+    Compare {
+        result: result as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: b(key),
+        target_union: Some(compare::TargetUnion::Value(b(value))),
+        range_end: Bytes::new(),
+    }
+}
+
+#[test]
+fn revisions_versions_and_recreation() {
+    let mut store = Store::default();
+    assert_eq!(
+        store.current_revision(),
+        1,
+        "a fresh store is at revision 1"
+    );
+    assert_eq!(
+        put(&mut store, "a", "1").header.map(|h| h.revision),
+        Some(2)
+    );
+    put(&mut store, "a", "2");
+    let kv = get(&store, "a").kvs[0].clone();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+
+    let deleted = delete(
+        &mut store,
+        DeleteRangeRequest {
+            key: b("a"),
+            ..DeleteRangeRequest::default()
+        },
+    );
+    assert_eq!(deleted.deleted, 1);
+    assert_eq!(store.current_revision(), 4);
+    assert!(get(&store, "a").kvs.is_empty(), "a deleted key is absent");
+
+    put(&mut store, "a", "3");
+    let kv = get(&store, "a").kvs[0].clone();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (5, 5, 1),
+        "created anew"
+    );
+
+    // A delete that deletes nothing does not raise the revision.
+    let nothing = delete(
+        &mut store,
+        DeleteRangeRequest {
+            key: b("missing"),
+            ..DeleteRangeRequest::default()
+        },
+    );
+    assert_eq!(nothing.deleted, 0);
+    assert_eq!(store.current_revision(), 5);
+    // Reads do not raise it either.
+    get(&store, "a");
+    assert_eq!(store.current_revision(), 5);
+}
+
+#[test]
+fn range_options() {
+    let mut store = Store::default();
+    for (key, value) in [("foo1", "c"), ("foo2", "b"), ("foo3", "a"), ("zoo", "z")] {
+        put(&mut store, key, value);
+    }
+    put(&mut store, "foo1", "cc");
+
+    let prefix = |extra: fn(&mut RangeRequest)| {
+        let mut request = RangeRequest {
+            key: b("foo"),
+            range_end: prefix_end("foo"),
+            ..RangeRequest::default()
+        };
+        extra(&mut request);
+        store.range(&request).expect("range")
+    };
+
+    let all = prefix(|_| {});
+    assert_eq!(keys(&all), ["foo1", "foo2", "foo3"]);
+    assert_eq!((all.count, all.more), (3, false));
+
+    let limited = prefix(|r| r.limit = 2);
+    assert_eq!(keys(&limited), ["foo1", "foo2"]);
+    assert_eq!(
+        (limited.count, limited.more),
+        (3, true),
+        "count counts every match"
+    );
+
+    let counted = prefix(|r| r.count_only = true);
+    assert!(counted.kvs.is_empty());
+    assert_eq!(counted.count, 3);
+
+    let keys_only = prefix(|r| r.keys_only = true);
+    assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
+
+    let by_value = prefix(|r| r.sort_target = range_request::SortTarget::Value as i32);
+    assert_eq!(
+        keys(&by_value),
+        ["foo3", "foo2", "foo1"],
+        "a non-key target sorts ascending by default"
+    );
+    let descending = prefix(|r| r.sort_order = range_request::SortOrder::Descend as i32);
+    assert_eq!(keys(&descending), ["foo3", "foo2", "foo1"]);
+    let newest_first = prefix(|r| {
+        r.sort_target = range_request::SortTarget::Mod as i32;
+        r.sort_order = range_request::SortOrder::Descend as i32;
+        r.limit = 1;
+    });
+    assert_eq!(keys(&newest_first), ["foo1"]);
+    assert!(newest_first.more);
+
+    let modified_late = prefix(|r| r.min_mod_revision = 4);
+    assert_eq!(keys(&modified_late), ["foo1", "foo3"]);
+    let created_early = prefix(|r| r.max_create_revision = 3);
+    assert_eq!(keys(&created_early), ["foo1", "foo2"]);
+
+    let from_key = store
+        .range(&RangeRequest {
+            key: b("foo2"),
+            range_end: Bytes::from_static(b"\0"),
+            ..RangeRequest::default()
+        })
+        .expect("range");
+    assert_eq!(keys(&from_key), ["foo2", "foo3", "zoo"]);
+    let everything = store
+        .range(&RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            ..RangeRequest::default()
+        })
+        .expect("range");
+    assert_eq!(everything.count, 4);
+
+    let historical = store
+        .range(&RangeRequest {
+            key: b("foo1"),
+            revision: 2,
+            ..RangeRequest::default()
+        })
+        .expect("range");
+    assert_eq!(historical.kvs[0].value, b("c"));
+    assert_eq!(
+        historical.header.map(|h| h.revision),
+        Some(6),
+        "the header carries the current revision"
+    );
+
+    assert_eq!(
+        store.range(&RangeRequest {
+            key: b("foo1"),
+            revision: 99,
+            ..RangeRequest::default()
+        }),
+        Err(ERR_FUTURE_REV)
+    );
+    assert_eq!(store.range(&RangeRequest::default()), Err(ERR_EMPTY_KEY));
+}
+
+#[test]
+fn put_options_and_their_errors() {
+    let mut store = Store::default();
+    put(&mut store, "k", "v1");
+    let with_prev = put_with(
+        &mut store,
+        PutRequest {
+            prev_kv: true,
+            ..put_request("k", "v2")
+        },
+    )
+    .expect("put");
+    assert_eq!(with_prev.prev_kv.map(|kv| kv.value), Some(b("v1")));
+
+    let ignore_value = put_with(
+        &mut store,
+        PutRequest {
+            key: b("k"),
+            ignore_value: true,
+            ..PutRequest::default()
+        },
+    )
+    .expect("put");
+    assert!(ignore_value.prev_kv.is_none());
+    assert_eq!(
+        get(&store, "k").kvs[0].value,
+        b("v2"),
+        "ignore_value keeps the value"
+    );
+    assert_eq!(get(&store, "k").kvs[0].version, 3);
+
+    let missing = put_with(
+        &mut store,
+        PutRequest {
+            key: b("nope"),
+            ignore_value: true,
+            ..PutRequest::default()
+        },
+    );
+    assert_eq!(missing, Err(ERR_KEY_NOT_FOUND));
+    let missing_lease = put_with(
+        &mut store,
+        PutRequest {
+            lease: 42,
+            ..put_request("k", "v")
+        },
+    );
+    assert_eq!(missing_lease, Err(ERR_LEASE_NOT_FOUND));
+    assert_eq!(store.current_revision(), 4, "refused puts change nothing");
+}
+
+#[test]
+fn delete_range_with_prev_kvs() {
+    let mut store = Store::default();
+    for key in ["a", "b", "c"] {
+        put(&mut store, key, key);
+    }
+    let response = delete(
+        &mut store,
+        DeleteRangeRequest {
+            key: b("a"),
+            range_end: b("c"),
+            prev_kv: true,
+        },
+    );
+    assert_eq!(response.deleted, 2);
+    assert_eq!(response.prev_kvs.len(), 2);
+    assert_eq!(
+        store.current_revision(),
+        5,
+        "one revision for the whole delete"
+    );
+    assert_eq!(
+        keys(
+            &store
+                .range(&RangeRequest {
+                    key: b("a"),
+                    range_end: Bytes::from_static(b"\0"),
+                    ..RangeRequest::default()
+                })
+                .expect("range")
+        ),
+        ["c"]
+    );
+}
+
+#[test]
+fn transactions_compare_every_target_and_share_one_revision() {
+    let mut store = Store::default();
+    put(&mut store, "x", "1");
+    let success = txn(
+        &mut store,
+        TxnRequest {
+            compare: vec![
+                compare_value("x", compare::CompareResult::Equal, "1"),
+                Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Version as i32,
+                    key: b("x"),
+                    target_union: Some(compare::TargetUnion::Version(1)),
+                    range_end: Bytes::new(),
+                },
+                Compare {
+                    result: compare::CompareResult::Less as i32,
+                    target: compare::CompareTarget::Create as i32,
+                    key: b("x"),
+                    target_union: Some(compare::TargetUnion::CreateRevision(3)),
+                    range_end: Bytes::new(),
+                },
+                Compare {
+                    result: compare::CompareResult::Greater as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: b("x"),
+                    target_union: Some(compare::TargetUnion::ModRevision(1)),
+                    range_end: Bytes::new(),
+                },
+                Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Lease as i32,
+                    key: b("x"),
+                    target_union: Some(compare::TargetUnion::Lease(0)),
+                    range_end: Bytes::new(),
+                },
+            ],
+            success: vec![op_put("y", "2"), op_put("z", "3"), op_get("y")],
+            failure: vec![op_put("failed", "!")],
+        },
+    )
+    .expect("txn");
+    assert!(success.succeeded);
+    assert_eq!(
+        store.current_revision(),
+        3,
+        "every write of a txn shares one revision"
+    );
+    assert_eq!(get(&store, "y").kvs[0].mod_revision, 3);
+    assert_eq!(get(&store, "z").kvs[0].mod_revision, 3);
+    match &success.responses[2].response {
+        Some(response_op::Response::ResponseRange(range)) => {
+            assert_eq!(
+                range.kvs[0].value,
+                b("2"),
+                "a read in a txn sees the txn's earlier writes"
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let failure = txn(
+        &mut store,
+        TxnRequest {
+            compare: vec![compare_value("x", compare::CompareResult::NotEqual, "1")],
+            success: vec![op_put("never", "!")],
+            failure: vec![op_get("x")],
+        },
+    )
+    .expect("txn");
+    assert!(!failure.succeeded);
+    assert_eq!(
+        store.current_revision(),
+        3,
+        "a read-only txn does not raise the revision"
+    );
+
+    // A value compare on a missing key always fails.
+    let missing = txn(
+        &mut store,
+        TxnRequest {
+            compare: vec![compare_value(
+                "missing",
+                compare::CompareResult::NotEqual,
+                "x",
+            )],
+            ..TxnRequest::default()
+        },
+    )
+    .expect("txn");
+    assert!(!missing.succeeded);
+}
+
+#[test]
+fn nested_transactions() {
+    let mut store = Store::default();
+    let nested = TxnRequest {
+        compare: vec![compare_value("a", compare::CompareResult::Equal, "1")],
+        success: vec![op_put("b", "from nested")],
+        failure: vec![],
+    };
+    let outer = txn(
+        &mut store,
+        TxnRequest {
+            compare: vec![],
+            success: vec![
+                op_put("a", "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(nested)),
+                },
+            ],
+            failure: vec![],
+        },
+    )
+    .expect("txn");
+    assert!(outer.succeeded);
+    assert_eq!(get(&store, "b").kvs[0].value, b("from nested"));
+    assert_eq!(store.current_revision(), 2);
+}
+
+#[test]
+fn compaction_drops_history_and_guards_reads() {
+    let mut store = Store::default();
+    put(&mut store, "k", "v1"); // 2
+    put(&mut store, "k", "v2"); // 3
+    put(&mut store, "k", "v3"); // 4
+    let compact = |store: &mut Store, revision| {
+        apply(
+            store,
+            internal_request::Request::Compaction(CompactionRequest {
+                revision,
+                physical: false,
+            }),
+        )
+    };
+    assert!(compact(&mut store, 3).is_ok());
+    assert_eq!(store.compacted_revision(), 3);
+    let old = store.range(&RangeRequest {
+        key: b("k"),
+        revision: 2,
+        ..RangeRequest::default()
+    });
+    assert_eq!(old, Err(ERR_COMPACTED));
+    let at_compaction = store
+        .range(&RangeRequest {
+            key: b("k"),
+            revision: 3,
+            ..RangeRequest::default()
+        })
+        .expect("the compaction revision itself stays readable");
+    assert_eq!(at_compaction.kvs[0].value, b("v2"));
+    assert_eq!(compact(&mut store, 3), Err(ERR_COMPACTED));
+    assert_eq!(compact(&mut store, 9), Err(ERR_FUTURE_REV));
+    assert_eq!(
+        get(&store, "k").kvs[0].version,
+        3,
+        "versions survive compaction"
+    );
+}
+
+#[test]
+fn requests_are_validated_before_the_log() {
+    let txn_of = |success: Vec<RequestOp>| InternalRequest {
+        request: Some(internal_request::Request::Txn(TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        })),
+    };
+    let too_many = txn_of((0..129).map(|n| op_put(&format!("k{n}"), "v")).collect());
+    assert_eq!(validate_request(&too_many, 128), Err(ERR_TOO_MANY_OPS));
+    let duplicate = txn_of(vec![op_put("k", "1"), op_put("k", "2")]);
+    assert_eq!(validate_request(&duplicate, 128), Err(ERR_DUPLICATE_KEY));
+    let put_and_delete = txn_of(vec![
+        op_put("k", "1"),
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: b("a"),
+                    range_end: b("z"),
+                    prev_kv: false,
+                },
+            )),
+        },
+    ]);
+    assert_eq!(
+        validate_request(&put_and_delete, 128),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    let empty_key = InternalRequest {
+        request: Some(internal_request::Request::Put(PutRequest::default())),
+    };
+    assert_eq!(validate_request(&empty_key, 128), Err(ERR_EMPTY_KEY));
+    assert_eq!(
+        validate_request(&txn_of(vec![op_put("a", "1"), op_put("b", "2")]), 128),
+        Ok(())
+    );
+}
