@@ -91,6 +91,9 @@ pub struct Store {
     values: BTreeMap<Revision, StoredValue>,
     current_revision: i64,
     compacted_revision: i64,
+    /// Bytes of keys and values held, every version counted (what etcd
+    /// reports as the database size in use).
+    stored_bytes: u64,
 }
 
 impl Default for Store {
@@ -100,6 +103,7 @@ impl Default for Store {
             values: BTreeMap::new(),
             current_revision: 1,
             compacted_revision: 0,
+            stored_bytes: 0,
         }
     }
 }
@@ -254,6 +258,10 @@ impl Store {
         self.index.key_count()
     }
 
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
     /// Applies one committed request. Refusals are returned inside the
     /// response, as they are part of the replicated outcome.
     pub fn apply(&mut self, request: &InternalRequest) -> InternalResponse {
@@ -279,6 +287,10 @@ impl Store {
             Some(internal_request::Request::Compaction(compaction)) => self
                 .compact(compaction)
                 .map(internal_response::Response::Compaction),
+            Some(internal_request::Request::Publish(_)) => Err(ApplyError::new(
+                code::INVALID_ARGUMENT,
+                "etcdserver: member attributes are not a key-value request",
+            )),
             Some(internal_request::Request::LeaseGrant(_))
             | Some(internal_request::Request::LeaseRevoke(_)) => Err(ApplyError::new(
                 code::FAILED_PRECONDITION,
@@ -386,6 +398,7 @@ impl Store {
         };
         let revision = ctx.next();
         self.index.put(&put.key, revision);
+        self.stored_bytes += (put.key.len() + value.len()) as u64;
         self.values.insert(revision, StoredValue { value, lease });
         Ok(PutResponse {
             header: None,
@@ -659,7 +672,11 @@ impl Store {
             return Err(ERR_FUTURE_REV);
         }
         for revision in self.index.compact(request.revision) {
-            self.values.remove(&revision);
+            if let Some(removed) = self.values.remove(&revision) {
+                // The key's length is not kept with the value; count the
+                // value only, so the figure never goes below zero.
+                self.stored_bytes = self.stored_bytes.saturating_sub(removed.value.len() as u64);
+            }
         }
         self.compacted_revision = request.revision;
         Ok(CompactionResponse {

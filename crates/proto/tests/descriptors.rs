@@ -170,7 +170,8 @@ fn services_match_etcd() {
         (
             "raftkvpb.peer.Peer",
             "Raft(stream RaftFrame)->stream RaftStreamAccepted \
-             InstallSnapshot(stream SnapshotChunk)->SnapshotAck",
+             InstallSnapshot(stream SnapshotChunk)->SnapshotAck \
+             Propose(ProposeRequest)->ProposeResponse",
         ),
     ];
     for (service, methods) in expected {
@@ -432,6 +433,8 @@ fn peer_message_fields() {
         ("raftkvpb.peer.SnapshotHeader", "handshake=1:raftkvpb.peer.Handshake message=2:raftkvpb.peer.RaftMessage"),
         ("raftkvpb.peer.SnapshotTrailer", "size_bytes=1:uint64 crc32c=2:fixed32"),
         ("raftkvpb.peer.SnapshotAck", "size_bytes=1:uint64"),
+        ("raftkvpb.peer.ProposeRequest", "handshake=1:raftkvpb.peer.Handshake payload=2:bytes"),
+        ("raftkvpb.peer.ProposeResponse", "result=1:bytes"),
     ];
     for (name, fields) in expected {
         let message = messages

@@ -8,5 +8,9 @@
 
 pub mod config;
 pub mod convert;
+pub mod file_log;
 pub mod node;
+pub mod server;
+pub mod services;
+pub mod state;
 pub mod transport;

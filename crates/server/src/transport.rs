@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use proto::peer as wire;
@@ -25,6 +25,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{message_from_wire, message_to_wire};
+use crate::node::{NodeError, NodeHandle};
 
 /// Frames queued per peer before new ones are dropped.
 const PEER_QUEUE_FRAMES_MAX: usize = 1024;
@@ -93,6 +94,8 @@ impl LocalIdentity {
 struct PeerQueue {
     frames: mpsc::Sender<Vec<wire::RaftMessage>>,
     urls: Vec<String>,
+    /// For unary calls (forwarded proposals); connects on first use.
+    channel: Option<tonic::transport::Channel>,
 }
 
 /// The outbound half: one stream per peer.
@@ -140,12 +143,58 @@ impl Transport {
             receiver,
             self.events.clone(),
         ));
+        let channel = urls
+            .first()
+            .and_then(|url| tonic::transport::Endpoint::from_shared(url.clone()).ok())
+            .map(|endpoint| {
+                endpoint
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            });
         // Replacing the queue drops the old sender, which ends the old task.
-        peers.insert(id, PeerQueue { frames, urls });
+        peers.insert(
+            id,
+            PeerQueue {
+                frames,
+                urls,
+                channel,
+            },
+        );
     }
 
     pub fn remove_peer(&self, id: NodeId) {
         self.lock_peers().remove(&id);
+    }
+
+    /// Asks `leader` to propose `payload` and wait for it to apply; returns
+    /// the apply result.
+    pub async fn forward_proposal(
+        &self,
+        leader: NodeId,
+        payload: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, Status> {
+        let channel = self
+            .lock_peers()
+            .get(&leader)
+            .and_then(|peer| peer.channel.clone());
+        let Some(channel) = channel else {
+            return Err(Status::unavailable("etcdserver: no leader"));
+        };
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let mut request = Request::new(wire::ProposeRequest {
+            handshake: Some(self.identity.handshake_to(leader)),
+            payload,
+        });
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.propose(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner().result),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
+        }
     }
 
     /// Enqueues messages, one frame per destination. Never blocks.
@@ -269,14 +318,29 @@ async fn run_peer_stream(
 }
 
 /// The inbound half: the `Peer` gRPC service.
+#[derive(Clone)]
 pub struct PeerService {
     identity: LocalIdentity,
     events: mpsc::Sender<TransportEvent>,
+    /// The local node, once started (the service starts first, so that peers
+    /// can reach it while the node restores its state).
+    node: Arc<OnceLock<NodeHandle>>,
+    request_timeout: Duration,
 }
 
 impl PeerService {
     pub fn new(identity: LocalIdentity, events: mpsc::Sender<TransportEvent>) -> Self {
-        PeerService { identity, events }
+        PeerService {
+            identity,
+            events,
+            node: Arc::new(OnceLock::new()),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Where forwarded proposals go; set once the node runs.
+    pub fn node_slot(&self) -> Arc<OnceLock<NodeHandle>> {
+        self.node.clone()
     }
 }
 
@@ -368,5 +432,23 @@ impl wire::peer_server::Peer for PeerService {
         Err(Status::unimplemented(
             "snapshot transfer between members is not built yet; the member catches up from the log",
         ))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<wire::ProposeRequest>,
+    ) -> Result<Response<wire::ProposeResponse>, Status> {
+        let request = request.into_inner();
+        self.identity.admit(request.handshake.as_ref())?;
+        let Some(node) = self.node.get() else {
+            return Err(Status::unavailable("etcdserver: no leader"));
+        };
+        match node.propose(&request.payload, self.request_timeout).await {
+            Ok(result) => Ok(Response::new(wire::ProposeResponse { result })),
+            Err(NodeError::NotLeader { leader }) => Err(Status::failed_precondition(format!(
+                "not the leader; the leader is {leader:x}"
+            ))),
+            Err(error) => Err(Status::unavailable(error.to_string())),
+        }
     }
 }

@@ -1,0 +1,293 @@
+//! The `raftkv` binary: `server` runs one member; `dev` runs a local
+//! three-member cluster in one process.
+//!
+//! This file owns argument parsing, logging setup and signal handling; what
+//! a member does lives in the `server` crate.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use raft::{InitialState, Raft};
+use server::config::{InitialClusterState, ResolvedConfig, ServerConfig};
+use server::file_log::FileLog;
+use server::node::raft_config;
+use server::server::{bootstrap_raft, run, Listeners};
+
+#[derive(Parser)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A strongly consistent key-value store speaking etcd's v3 API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one cluster member (flags named as etcd's).
+    Server(Box<ServerFlags>),
+    /// Run a local three-member cluster on loopback, in this process.
+    Dev(DevFlags),
+}
+
+/// Every flag may also come from a `RAFTKV_*` environment variable or from
+/// the TOML file given with --config-file (keys are the flag names).
+/// Precedence: flag, then environment, then file, then default.
+#[derive(Args)]
+struct ServerFlags {
+    /// TOML file with settings named as the flags (e.g. `snapshot-count = 5000`).
+    #[arg(long, env = "RAFTKV_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+    #[arg(long, env = "RAFTKV_NAME")]
+    name: Option<String>,
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "RAFTKV_LISTEN_CLIENT_URLS", value_delimiter = ',')]
+    listen_client_urls: Option<Vec<String>>,
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Option<Vec<String>>,
+    #[arg(long, env = "RAFTKV_LISTEN_PEER_URLS", value_delimiter = ',')]
+    listen_peer_urls: Option<Vec<String>>,
+    #[arg(
+        long,
+        env = "RAFTKV_INITIAL_ADVERTISE_PEER_URLS",
+        value_delimiter = ','
+    )]
+    initial_advertise_peer_urls: Option<Vec<String>>,
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// "new" or "existing".
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE")]
+    initial_cluster_state: Option<InitialClusterState>,
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_TOKEN")]
+    initial_cluster_token: Option<String>,
+    /// Milliseconds.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Milliseconds.
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT")]
+    election_timeout: Option<u64>,
+    #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT")]
+    snapshot_count: Option<u64>,
+    #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES")]
+    quota_backend_bytes: Option<u64>,
+    #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<u64>,
+    #[arg(long, env = "RAFTKV_MAX_TXN_OPS")]
+    max_txn_ops: Option<u64>,
+}
+
+impl ServerFlags {
+    fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let mut config = match &self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                ServerConfig::from_toml(&path.display().to_string(), &text)?
+            }
+            None => ServerConfig::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),*) => { $( if let Some(value) = self.$field { config.$field = value; } )* };
+        }
+        overlay!(
+            name,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster_state,
+            initial_cluster_token,
+            heartbeat_interval,
+            election_timeout,
+            snapshot_count,
+            quota_backend_bytes,
+            max_request_bytes,
+            max_txn_ops
+        );
+        if self.data_dir.is_some() {
+            config.data_dir = self.data_dir;
+        }
+        if self.initial_cluster.is_some() {
+            config.initial_cluster = self.initial_cluster;
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct DevFlags {
+    /// Where the three members keep their data (one folder each).
+    #[arg(long, default_value = "raftkv-data")]
+    data_dir: PathBuf,
+}
+
+/// Ports of `raftkv dev`: member N listens for clients on CLIENT_PORTS[N]
+/// and for peers on PEER_PORTS[N], as etcd's own local-cluster Procfile does.
+const DEV_CLIENT_PORTS: [u16; 3] = [2379, 22379, 32379];
+const DEV_PEER_PORTS: [u16; 3] = [2380, 22380, 32380];
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(flags) => {
+                let config = flags.into_config()?.resolve()?;
+                run_member(config, shutdown_signal()).await
+            }
+            Command::Dev(flags) => run_dev(flags).await,
+        }
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_member(
+    config: ResolvedConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    let (log, raft) = open_log_and_raft(&config)?;
+    run(config, listeners, log, raft, shutdown).await?;
+    Ok(())
+}
+
+/// Restarts from the data dir if it holds a log (bootstrap flags are then
+/// ignored), else bootstraps a new cluster.
+fn open_log_and_raft(config: &ResolvedConfig) -> anyhow::Result<(FileLog, Raft)> {
+    let wal_dir = config.data_dir.join("member");
+    let (log, recovered) = FileLog::open(&wal_dir)?;
+    let has_state = recovered.hard_state.term > 0 || !recovered.entries.is_empty();
+    let raft = if has_state {
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            entries = recovered.entries.len(),
+            term = recovered.hard_state.term,
+            "restarting from the existing data dir; bootstrap flags are ignored"
+        );
+        Raft::new(
+            raft_config(
+                config.member_id,
+                config.heartbeat_interval_ms,
+                config.election_timeout_ms,
+                config.member_id ^ 0x5eed,
+            ),
+            InitialState {
+                hard_state: recovered.hard_state,
+                snapshot: None,
+                entries: recovered.entries,
+                applied: 0,
+            },
+        )?
+    } else {
+        match config.initial_cluster_state {
+            InitialClusterState::New => bootstrap_raft(config)?,
+            InitialClusterState::Existing => anyhow::bail!(
+                "--initial-cluster-state=existing with an empty data dir {}: joining a running cluster \
+                 (member add) is not supported yet; start with --initial-cluster-state=new",
+                config.data_dir.display()
+            ),
+        }
+    };
+    Ok((log, raft))
+}
+
+async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {
+    let names = ["dev1", "dev2", "dev3"];
+    let initial_cluster = names
+        .iter()
+        .zip(DEV_PEER_PORTS)
+        .map(|(name, port)| format!("{name}=http://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut configs = Vec::new();
+    for (position, name) in names.iter().enumerate() {
+        let config = ServerConfig {
+            name: name.to_string(),
+            data_dir: Some(flags.data_dir.join(name)),
+            listen_client_urls: vec![format!("http://127.0.0.1:{}", DEV_CLIENT_PORTS[position])],
+            listen_peer_urls: vec![format!("http://127.0.0.1:{}", DEV_PEER_PORTS[position])],
+            initial_cluster: Some(initial_cluster.clone()),
+            initial_cluster_token: "raftkv-dev".to_string(),
+            ..ServerConfig::default()
+        }
+        .resolve()?;
+        configs.push(config);
+    }
+    let endpoints = DEV_CLIENT_PORTS
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut members = Vec::new();
+    for config in configs {
+        let mut stop = stop_rx.clone();
+        members.push(tokio::spawn(run_member(config, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })));
+    }
+    print_dev_banner(&flags.data_dir, &endpoints);
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let mut failure = None;
+    for member in members {
+        match member.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = Some(error),
+            Err(error) => failure = Some(error.into()),
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn print_dev_banner(data_dir: &Path, endpoints: &str) {
+    println!(
+        "raftkv dev: three members on loopback, data in {}",
+        data_dir.display()
+    );
+    println!("  client endpoints: {endpoints}");
+    println!("  peer ports:       {:?}", DEV_PEER_PORTS);
+    println!("try:");
+    println!("  etcdctl --endpoints={endpoints} put a 1");
+    println!("  etcdctl --endpoints={endpoints} get a");
+    println!("Ctrl-C stops all three.");
+}

@@ -1,0 +1,266 @@
+//! Assembles a member: listeners, transport, node, services; runs until the
+//! shutdown future resolves, then stops accepting, lets in-flight requests
+//! finish and stops the node.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use prost::Message as _;
+use proto::etcdserverpb as pb;
+use proto::internal::{internal_request, InternalRequest, MemberAttributes};
+use proto::peer::peer_server::PeerServer;
+use raft::Raft;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ResolvedConfig;
+use crate::node::{raft_config, LogStorage, Node, NodeOptions};
+use crate::services::{
+    ClusterService, KvService, LeaseService, MaintenanceService, ServiceContext, WatchService,
+};
+use crate::state::{KvStateMachine, MemberInfo, SharedState};
+use crate::transport::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX};
+
+/// How long in-flight client requests may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The version `Maintenance.Status` reports: etcd's API level, then ours.
+pub const VERSION: &str = concat!("3.4.0-raftkv.", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(#[from] raft::RaftError),
+    #[error("serving gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Listeners bound before anything else, so a port conflict is reported at
+/// once and tests can bind port 0 and learn the port.
+pub struct Listeners {
+    pub client: Vec<TcpListener>,
+    pub peer: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &ResolvedConfig) -> Result<Self, ServerError> {
+        let mut client = Vec::new();
+        for &addr in &config.listen_client_addrs {
+            client.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            );
+        }
+        let mut peer = Vec::new();
+        for &addr in &config.listen_peer_addrs {
+            peer.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            );
+        }
+        Ok(Listeners { client, peer })
+    }
+}
+
+/// Runs a member until `shutdown` resolves.
+pub async fn run<L: LogStorage>(
+    config: ResolvedConfig,
+    listeners: Listeners,
+    log: L,
+    raft: Raft,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let identity = LocalIdentity {
+        cluster_id: config.cluster_id,
+        member_id: config.member_id,
+    };
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let peer_service = PeerService::new(identity, events_tx.clone());
+    let node_slot = peer_service.node_slot();
+    let transport = Transport::new(identity, events_tx);
+    let mut initial_members = BTreeMap::new();
+    for member in &config.initial_members {
+        transport.set_peer(member.id, member.peer_urls.clone());
+        initial_members.insert(
+            member.id,
+            MemberInfo {
+                name: String::new(),
+                peer_urls: member.peer_urls.clone(),
+                client_urls: Vec::new(),
+            },
+        );
+    }
+    let state = SharedState::new(initial_members);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut peer_servers = Vec::new();
+    let mut client_servers = Vec::new();
+    for listener in listeners.peer {
+        let service = PeerServer::new(peer_service.clone())
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        // Peer streams live as long as the members do, so a graceful wait
+        // for them would never end (every member waits on the others):
+        // the peer servers are aborted at shutdown instead.
+        peer_servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        ));
+    }
+
+    let request_timeout =
+        Duration::from_millis(config.election_timeout_ms * 5).max(Duration::from_secs(5));
+    let node = Node::start(
+        raft,
+        log,
+        KvStateMachine::new(state.clone()),
+        transport.clone(),
+        events_rx,
+        NodeOptions {
+            tick_interval: Duration::from_millis(config.heartbeat_interval_ms),
+            request_timeout,
+            // The state machine is not durable yet: it is rebuilt from the
+            // log at start, so the log is never compacted.
+            snapshot_count: u64::MAX,
+            snapshot_catchup_entries: config.snapshot_catchup_entries,
+        },
+    );
+    let _ = node_slot.set(node.handle.clone());
+
+    let context = ServiceContext {
+        cluster_id: config.cluster_id,
+        member_id: config.member_id,
+        node: node.handle.clone(),
+        state: state.clone(),
+        transport: transport.clone(),
+        request_timeout,
+        max_request_bytes: config.max_request_bytes,
+        max_txn_ops: config.max_txn_ops as usize,
+        version: VERSION,
+    };
+    // gRPC's own limit sits above ours so that an oversized request gets
+    // etcd's "request is too large" rather than a transport error.
+    let grpc_limit = config.max_request_bytes as usize + 512 * 1024;
+    for listener in listeners.client {
+        let mut stop = stop_rx.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                pb::kv_server::KvServer::new(KvService(context.clone()))
+                    .max_decoding_message_size(grpc_limit),
+            )
+            .add_service(pb::maintenance_server::MaintenanceServer::new(
+                MaintenanceService(context.clone()),
+            ))
+            .add_service(pb::cluster_server::ClusterServer::new(ClusterService(
+                context.clone(),
+            )))
+            .add_service(pb::watch_server::WatchServer::new(WatchService))
+            .add_service(pb::lease_server::LeaseServer::new(LeaseService));
+        client_servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        )));
+    }
+
+    // Announce our name and client URLs through the log, retrying until a
+    // leader accepts it (as etcd's publish does).
+    let publish_context = context.clone();
+    let publish = InternalRequest {
+        request: Some(internal_request::Request::Publish(MemberAttributes {
+            member_id: config.member_id,
+            name: config.name.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        })),
+    };
+    let publisher = tokio::spawn(async move {
+        let payload = publish.encode_to_vec();
+        loop {
+            let attempt = publish_context
+                .node
+                .propose(&payload, publish_context.request_timeout)
+                .await;
+            match attempt {
+                Ok(_) => return,
+                Err(crate::node::NodeError::NotLeader { leader }) => {
+                    if publish_context
+                        .transport
+                        .forward_proposal(
+                            leader,
+                            payload.clone().into(),
+                            publish_context.request_timeout,
+                        )
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    tracing::info!(
+        name = config.name,
+        member_id = format!("{:x}", config.member_id),
+        cluster_id = format!("{:x}", config.cluster_id),
+        client_urls = ?config.advertise_client_urls,
+        peer_urls = ?config.advertise_peer_urls,
+        data_dir = %config.data_dir.display(),
+        "raftkv member started"
+    );
+    shutdown.await;
+    tracing::info!(
+        name = config.name,
+        "shutting down: no new requests; finishing those in flight"
+    );
+    publisher.abort();
+    let _ = stop_tx.send(true);
+    // In-flight client requests get a bounded time to finish; a client that
+    // keeps its connection open does not hold the member hostage.
+    for mut server in client_servers {
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+    }
+    // Stop the node (syncing what it has) on a blocking thread: it joins the
+    // raft and apply threads.
+    let _ = tokio::task::spawn_blocking(move || node.stop()).await;
+    for server in peer_servers {
+        server.abort();
+    }
+    tracing::info!(name = config.name, "raftkv member stopped");
+    Ok(())
+}
+
+/// The initial Raft state of a member of a brand-new cluster.
+pub fn bootstrap_raft(config: &ResolvedConfig) -> Result<Raft, ServerError> {
+    let voters: Vec<u64> = config
+        .initial_members
+        .iter()
+        .map(|member| member.id)
+        .collect();
+    let raft_config = raft_config(
+        config.member_id,
+        config.heartbeat_interval_ms,
+        config.election_timeout_ms,
+        config.member_id ^ 0x5eed,
+    );
+    Ok(Raft::bootstrap(raft_config, &voters)?)
+}

@@ -1,0 +1,472 @@
+//! The etcd v3 client services: KV, Maintenance and Cluster answer; Watch,
+//! Lease and Auth answer `Unimplemented` with a message saying so until
+//! their issues land.
+//!
+//! A write is validated, encoded as an `InternalRequest`, proposed (or
+//! forwarded to the leader over the peer transport) and answered with the
+//! result of applying its entry. A linearizable read first passes a
+//! ReadIndex barrier; a serializable one reads the local state at once.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use proto::etcdserverpb as pb;
+use proto::internal::{internal_request, internal_response, InternalRequest, InternalResponse};
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::node::{NodeError, NodeHandle};
+use crate::state::SharedState;
+use crate::transport::Transport;
+
+/// Everything the client services share.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub node: NodeHandle,
+    pub state: SharedState,
+    pub transport: Transport,
+    pub request_timeout: Duration,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: usize,
+    pub version: &'static str,
+}
+
+/// etcd's text for a request over the size limit.
+const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+/// Forwarding attempts when leadership moves while a write is in flight.
+const FORWARD_ATTEMPTS_MAX: usize = 3;
+
+fn node_status(error: NodeError) -> Status {
+    match error {
+        NodeError::NoLeader | NodeError::LeaderChanged => {
+            Status::unavailable("etcdserver: no leader")
+        }
+        NodeError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        NodeError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        NodeError::NotLeader { .. } => Status::unavailable("etcdserver: no leader"),
+        NodeError::Rejected(message) => Status::failed_precondition(message),
+    }
+}
+
+fn apply_error_status(error: &kv::ApplyError) -> Status {
+    Status::new(Code::from_i32(error.grpc_code), error.message)
+}
+
+impl ServiceContext {
+    fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+
+    fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len as u64 > self.max_request_bytes {
+            return Err(Status::invalid_argument(ERR_REQUEST_TOO_LARGE));
+        }
+        Ok(())
+    }
+
+    /// Proposes a write here if this member leads, else at the leader; waits
+    /// for it to apply.
+    async fn write(
+        &self,
+        request: internal_request::Request,
+    ) -> Result<internal_response::Response, Status> {
+        let request = InternalRequest {
+            request: Some(request),
+        };
+        kv::validate_request(&request, self.max_txn_ops)
+            .map_err(|error| apply_error_status(&error))?;
+        let payload = Bytes::from(request.encode_to_vec());
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.node.propose(&payload, self.request_timeout).await {
+                Ok(result) => break result,
+                Err(NodeError::NotLeader { leader }) => {
+                    match self
+                        .transport
+                        .forward_proposal(leader, payload.clone(), self.request_timeout)
+                        .await
+                    {
+                        Ok(result) => break result,
+                        Err(status)
+                            if status.code() == Code::FailedPrecondition
+                                && attempt < FORWARD_ATTEMPTS_MAX =>
+                        {
+                            // Leadership moved on the way: ask again.
+                            continue;
+                        }
+                        Err(status) if status.code() == Code::FailedPrecondition => {
+                            return Err(Status::unavailable("etcdserver: leader changed"));
+                        }
+                        Err(status) => return Err(status),
+                    }
+                }
+                Err(error) => return Err(node_status(error)),
+            }
+        };
+        let response = InternalResponse::decode(result.as_ref())
+            .map_err(|error| Status::internal(format!("undecodable apply result: {error}")))?;
+        match response.response {
+            Some(internal_response::Response::Error(error)) => {
+                Err(Status::new(Code::from_i32(error.grpc_code), error.message))
+            }
+            Some(response) => Ok(response),
+            None => Err(Status::internal("empty apply result")),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn not_yet<T>(what: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "raftkv does not implement {what} yet"
+    )))
+}
+
+pub struct KvService(pub ServiceContext);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let request = request.into_inner();
+        let context = &self.0;
+        context.check_size(request.encoded_len())?;
+        kv::validate_range(&request).map_err(|error| apply_error_status(&error))?;
+        if !request.serializable {
+            context
+                .node
+                .linearizable_read_barrier(context.request_timeout)
+                .await
+                .map_err(node_status)?;
+        }
+        let state = context
+            .state
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let mut response = state
+            .store
+            .range(&request)
+            .map_err(|error| apply_error_status(&error))?;
+        let revision = response.header.as_ref().map_or(0, |header| header.revision);
+        response.header = Some(context.header(revision));
+        Ok(Response::new(response))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let request = request.into_inner();
+        self.0.check_size(request.encoded_len())?;
+        match self
+            .0
+            .write(internal_request::Request::Put(request))
+            .await?
+        {
+            internal_response::Response::Put(mut response) => {
+                let revision = response.header.as_ref().map_or(0, |header| header.revision);
+                response.header = Some(self.0.header(revision));
+                Ok(Response::new(response))
+            }
+            _ => Err(Status::internal("mismatched apply result")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        self.0.check_size(request.encoded_len())?;
+        match self
+            .0
+            .write(internal_request::Request::DeleteRange(request))
+            .await?
+        {
+            internal_response::Response::DeleteRange(mut response) => {
+                let revision = response.header.as_ref().map_or(0, |header| header.revision);
+                response.header = Some(self.0.header(revision));
+                Ok(Response::new(response))
+            }
+            _ => Err(Status::internal("mismatched apply result")),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let request = request.into_inner();
+        self.0.check_size(request.encoded_len())?;
+        match self
+            .0
+            .write(internal_request::Request::Txn(request))
+            .await?
+        {
+            internal_response::Response::Txn(mut response) => {
+                let revision = response.header.as_ref().map_or(0, |header| header.revision);
+                stamp_txn(&mut response, &self.0.header(revision));
+                Ok(Response::new(response))
+            }
+            _ => Err(Status::internal("mismatched apply result")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let request = request.into_inner();
+        match self
+            .0
+            .write(internal_request::Request::Compaction(request))
+            .await?
+        {
+            internal_response::Response::Compaction(mut response) => {
+                let revision = response.header.as_ref().map_or(0, |header| header.revision);
+                response.header = Some(self.0.header(revision));
+                Ok(Response::new(response))
+            }
+            _ => Err(Status::internal("mismatched apply result")),
+        }
+    }
+}
+
+fn stamp_txn(response: &mut pb::TxnResponse, header: &pb::ResponseHeader) {
+    response.header = Some(*header);
+    for op in &mut response.responses {
+        match &mut op.response {
+            Some(pb::response_op::Response::ResponseRange(range)) => {
+                range.header = Some(*header)
+            }
+            Some(pb::response_op::Response::ResponsePut(put)) => put.header = Some(*header),
+            Some(pb::response_op::Response::ResponseDeleteRange(delete)) => {
+                delete.header = Some(*header)
+            }
+            Some(pb::response_op::Response::ResponseTxn(nested)) => stamp_txn(nested, header),
+            None => {}
+        }
+    }
+}
+
+pub struct MaintenanceService(pub ServiceContext);
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    type SnapshotStream = BoxStream<pb::SnapshotResponse>;
+
+    async fn alarm(
+        &self,
+        _: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        not_yet("Maintenance.Alarm")
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let context = &self.0;
+        let status = context.node.status();
+        let state = context
+            .state
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let db_size = state.store.stored_bytes() as i64;
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(context.header(state.store.current_revision())),
+            version: context.version.to_string(),
+            db_size,
+            leader: status.leader,
+            raft_index: status.commit_index,
+            raft_term: status.term,
+            raft_applied_index: state.applied_index,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        not_yet("Maintenance.Defragment")
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        not_yet("Maintenance.Hash")
+    }
+
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        not_yet("Maintenance.HashKV")
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        not_yet("Maintenance.Snapshot")
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let context = &self.0;
+        let target = request.into_inner().target_id;
+        context
+            .node
+            .transfer_leadership(target, context.request_timeout)
+            .await
+            .map_err(|error| match error {
+                NodeError::NotLeader { .. } | NodeError::NoLeader => {
+                    Status::failed_precondition("etcdserver: not leader")
+                }
+                other => node_status(other),
+            })?;
+        let deadline = std::time::Instant::now() + context.request_timeout;
+        context
+            .node
+            .wait_status(deadline, |status| status.leader == target)
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(context.header(0)),
+        }))
+    }
+}
+
+pub struct ClusterService(pub ServiceContext);
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        not_yet("Cluster.MemberAdd")
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        not_yet("Cluster.MemberRemove")
+    }
+
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        not_yet("Cluster.MemberUpdate")
+    }
+
+    async fn member_list(
+        &self,
+        _: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let context = &self.0;
+        let state = context
+            .state
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let members = state
+            .members
+            .iter()
+            .map(|(&id, member)| pb::Member {
+                id,
+                name: member.name.clone(),
+                peer_ur_ls: member.peer_urls.clone(),
+                client_ur_ls: member.client_urls.clone(),
+                is_learner: false,
+            })
+            .collect();
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(context.header(state.store.current_revision())),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        not_yet("Cluster.MemberPromote")
+    }
+}
+
+pub struct WatchService;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    async fn watch(
+        &self,
+        _: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        not_yet("Watch")
+    }
+}
+
+pub struct LeaseService;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
+
+    async fn lease_grant(
+        &self,
+        _: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        not_yet("leases")
+    }
+
+    async fn lease_revoke(
+        &self,
+        _: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        not_yet("leases")
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        _: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        not_yet("leases")
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        not_yet("leases")
+    }
+
+    async fn lease_leases(
+        &self,
+        _: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        not_yet("leases")
+    }
+}
