@@ -642,7 +642,22 @@ impl Cluster {
             },
             None => StateMachine::default(),
         };
-        match Raft::new(node_config(&options, id, seed), initial) {
+        // A founding member that crashed before its bootstrap was durable
+        // has nothing on disk and bootstraps again, exactly as the server
+        // does with an empty data dir. Starting it empty instead would make
+        // it replay the membership entries one at a time and, for a moment,
+        // believe itself the only voter.
+        let never_persisted = initial.hard_state == raft::HardState::default()
+            && initial.entries.is_empty()
+            && initial.snapshot.is_none();
+        let founding = id <= options.voters as NodeId;
+        let restarted = if never_persisted && founding {
+            let voters: Vec<NodeId> = (1..=options.voters as NodeId).collect();
+            Raft::bootstrap(node_config(&options, id, seed), &voters)
+        } else {
+            Raft::new(node_config(&options, id, seed), initial)
+        };
+        match restarted {
             Ok(raft) => node.raft = Some(raft),
             Err(error) => panic!("restarting node {id}: {error}"),
         }

@@ -784,3 +784,21 @@ fn a_second_membership_change_waits_for_the_first() {
     );
     cluster.assert_safe();
 }
+
+#[test]
+fn founding_members_that_crash_before_their_bootstrap_is_durable_bootstrap_again() {
+    let mut options = ClusterOptions::new(3, 27);
+    // Every member crashes while handling its very first Ready.
+    options.crash_in_ready_per_mille = 1000;
+    let mut cluster = Cluster::new(options);
+    assert!(cluster.up_nodes().is_empty());
+    cluster.options.crash_in_ready_per_mille = 0;
+    for id in cluster.all_ids() {
+        cluster.restart(id);
+    }
+    cluster.commit_entries(3, 30 * ELECTION);
+    for id in cluster.all_ids() {
+        assert_eq!(cluster.raft(id).conf_state().voters, vec![1, 2, 3]);
+    }
+    cluster.assert_safe();
+}

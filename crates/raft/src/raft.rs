@@ -193,6 +193,12 @@ impl Raft {
     /// A member of a brand-new cluster whose voters are `voters`. The initial
     /// membership is written into the log as entries at term 1, so that any
     /// member that later replays the log from the start learns it.
+    ///
+    /// The first Ready carries these entries; until it is durable the member
+    /// has no state. A driver that crashes before then must bootstrap again
+    /// (as it would with an empty data dir), never start with `new` and an
+    /// empty state: replaying the membership entries one by one, such a
+    /// member would briefly believe itself the only voter.
     pub fn bootstrap(config: Config, voters: &[NodeId]) -> Result<Self, RaftError> {
         let mut voters: Vec<NodeId> = voters.to_vec();
         voters.sort_unstable();
