@@ -107,7 +107,16 @@ impl ServiceContext {
                         Err(status) if status.code() == Code::FailedPrecondition => {
                             return Err(Status::unavailable("etcdserver: leader changed"));
                         }
-                        Err(status) => return Err(status),
+                        // The leader's answer, in etcd's words.
+                        Err(status) if status.message().starts_with("etcdserver:") => {
+                            return Err(status)
+                        }
+                        // The leader could not be reached at all: to the
+                        // client, there is no leader.
+                        Err(status) => {
+                            tracing::debug!(leader, %status, "forwarding a write to the leader failed");
+                            return Err(Status::unavailable("etcdserver: no leader"));
+                        }
                     }
                 }
                 Err(error) => return Err(node_status(error)),
@@ -249,9 +258,7 @@ fn stamp_txn(response: &mut pb::TxnResponse, header: &pb::ResponseHeader) {
     response.header = Some(*header);
     for op in &mut response.responses {
         match &mut op.response {
-            Some(pb::response_op::Response::ResponseRange(range)) => {
-                range.header = Some(*header)
-            }
+            Some(pb::response_op::Response::ResponseRange(range)) => range.header = Some(*header),
             Some(pb::response_op::Response::ResponsePut(put)) => put.header = Some(*header),
             Some(pb::response_op::Response::ResponseDeleteRange(delete)) => {
                 delete.header = Some(*header)
