@@ -6,6 +6,7 @@
 //! client before the write's entry is committed and applied, and never
 //! acknowledge one that a quorum has not made durable.
 
+pub mod authority;
 pub mod config;
 pub mod convert;
 pub mod file_log;

@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
+use tokio_stream::StreamExt as _;
+
+use crate::authority::AuthorityFix;
 use crate::config::ResolvedConfig;
 use crate::node::{raft_config, LogStorage, Node, NodeOptions};
 use crate::services::{
@@ -166,8 +169,11 @@ pub async fn run<L: LogStorage>(
             )))
             .add_service(pb::watch_server::WatchServer::new(WatchService))
             .add_service(pb::lease_server::LeaseServer::new(LeaseService));
+        // Client connections go through AuthorityFix so that etcd clients
+        // naming endpoints with a scheme are served (see authority.rs).
+        let incoming = TcpListenerStream::new(listener).map(|stream| stream.map(AuthorityFix::new));
         client_servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            incoming,
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },
