@@ -1,0 +1,463 @@
+//! Real `raftkv server` processes, driven by the real `etcdctl` 3.4.
+//!
+//! Every member listens on 127.0.0.1 with ports picked free at start; every
+//! process is killed and reaped when the test ends, pass or fail. Tests that
+//! need `etcdctl` skip loudly when it is missing, unless
+//! `RAFTKV_REQUIRE_TOOLS=1` (set by `.ci/run`), where they fail.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn etcdctl_available() -> bool {
+    let found = Command::new("etcdctl")
+        .arg("version")
+        .env("ETCDCTL_API", "3")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !found {
+        if std::env::var("RAFTKV_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("etcdctl is required (RAFTKV_REQUIRE_TOOLS=1) but not on PATH");
+        }
+        eprintln!("\n*** SKIPPING: etcdctl is not on PATH (apt-get install etcd-client) ***\n");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of real processes; dropping it kills them and removes the data.
+struct TestCluster {
+    members: Vec<Member>,
+    root: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl TestCluster {
+    fn start(size: usize, test_name: &str, extra_args: &[&str]) -> TestCluster {
+        let root =
+            std::env::temp_dir().join(format!("raftkv-it-{test_name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let members = (0..size)
+            .map(|position| Member {
+                name: format!("m{}", position + 1),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: root.join(format!("m{}", position + 1)),
+                child: None,
+            })
+            .collect();
+        let mut cluster = TestCluster {
+            members,
+            root,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+        };
+        for position in 0..size {
+            cluster.start_member(position);
+        }
+        cluster.wait_until(
+            Duration::from_secs(20),
+            "the cluster answers writes",
+            |cluster| cluster.etcdctl_ok(&["put", "ready", "1"]),
+        );
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_member(&mut self, position: usize) {
+        let initial_cluster = self.initial_cluster();
+        let member = &self.members[position];
+        let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .arg("server")
+            .args(["--name", &member.name])
+            .args(["--data-dir", &member.data_dir.display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", member.client_port),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", member.peer_port),
+            ])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-token", "raftkv-it"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "warn,server::server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn raftkv server");
+        self.members[position].child = Some(child);
+    }
+
+    fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .filter(|member| member.child.is_some())
+            .map(|member| format!("127.0.0.1:{}", member.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn etcdctl_at(&self, endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--command-timeout=5s")
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn etcdctl");
+        if let Some(input) = stdin {
+            if let Some(mut pipe) = child.stdin.take() {
+                pipe.write_all(input.as_bytes())
+                    .expect("write etcdctl stdin");
+            }
+        }
+        child.wait_with_output().expect("etcdctl output")
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_at(&self.endpoints(), args, None)
+    }
+
+    fn etcdctl_ok(&self, args: &[&str]) -> bool {
+        self.etcdctl(args).status.success()
+    }
+
+    /// stdout of a command that must succeed.
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.etcdctl(args);
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The error line etcdctl prints for a command that must fail.
+    fn fail(&self, args: &[&str]) -> String {
+        let output = self.etcdctl(args);
+        assert!(
+            !output.status.success(),
+            "etcdctl {args:?} should have failed"
+        );
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .find(|line| line.starts_with("Error:"))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["-w", "json"]);
+        serde_json::from_str(&self.run(&args)).expect("etcdctl printed JSON")
+    }
+
+    fn wait_until(
+        &self,
+        within: Duration,
+        what: &str,
+        mut condition: impl FnMut(&TestCluster) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out after {within:?} waiting until {what}");
+    }
+
+    /// Position of the member that leads, per `endpoint status`.
+    fn leader_position(&self) -> Option<usize> {
+        let status = self.json(&["endpoint", "status"]);
+        let entries = status.as_array()?;
+        let leader = entries.first()?.get("Status")?.get("leader")?.as_u64()?;
+        entries.iter().find_map(|entry| {
+            let id = entry
+                .get("Status")?
+                .get("header")?
+                .get("member_id")?
+                .as_u64()?;
+            let endpoint = entry.get("Endpoint")?.as_str()?;
+            (id == leader).then(|| {
+                self.members
+                    .iter()
+                    .position(|member| endpoint.ends_with(&format!(":{}", member.client_port)))
+            })?
+        })
+    }
+
+    fn kill(&mut self, position: usize) {
+        if let Some(mut child) = self.members[position].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status and what the member logged.
+    fn terminate(&mut self, position: usize) -> (std::process::ExitStatus, String) {
+        let mut child = self.members[position].child.take().expect("member running");
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut log = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+                }
+                return (status, log);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("member {position} did not exit within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for position in 0..self.members.len() {
+            self.kill(position);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[test]
+fn etcdctl_commands_against_a_three_member_cluster() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, "commands", &[]);
+    assert_eq!(cluster.run(&["put", "foo1", "bar1"]), "OK\n");
+    cluster.run(&["put", "foo2", "bar2"]);
+    cluster.run(&["put", "foo3", "bar3"]);
+    assert_eq!(cluster.run(&["get", "foo1"]), "foo1\nbar1\n");
+    assert_eq!(
+        cluster.run(&["get", "foo", "--prefix", "--keys-only"]),
+        "foo1\n\nfoo2\n\nfoo3\n\n"
+    );
+    assert_eq!(
+        cluster.run(&["get", "foo", "--prefix", "--limit", "2"]),
+        "foo1\nbar1\nfoo2\nbar2\n"
+    );
+
+    let json = cluster.json(&["get", "foo", "--prefix"]);
+    assert_eq!(json["count"], 3);
+    let revision = json["header"]["revision"].as_i64().expect("revision");
+    let first_put = json["kvs"][0]["mod_revision"]
+        .as_i64()
+        .expect("mod_revision");
+    cluster.run(&["put", "foo1", "changed"]);
+    assert_eq!(
+        cluster.run(&["get", "foo1", &format!("--rev={first_put}")]),
+        "foo1\nbar1\n",
+        "a historical read sees the old value"
+    );
+    assert_eq!(
+        cluster.run(&["get", "foo1", "--consistency=s"]),
+        "foo1\nchanged\n"
+    );
+
+    assert_eq!(cluster.run(&["del", "foo", "--prefix"]), "3\n");
+    assert_eq!(cluster.run(&["get", "foo", "--prefix"]), "");
+
+    cluster.run(&["put", "x", "1"]);
+    let txn = cluster.etcdctl_at(
+        &cluster.endpoints(),
+        &["txn"],
+        Some("value(\"x\") = \"1\"\n\nput y 2\n\nput z 3\n\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&txn.stdout), "SUCCESS\n\nOK\n");
+    assert_eq!(cluster.run(&["get", "y"]), "y\n2\n");
+
+    assert_eq!(
+        cluster.run(&["compaction", &revision.to_string()]),
+        format!("compacted revision {revision}\n")
+    );
+
+    let members = cluster.json(&["member", "list"]);
+    let members = members["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    for member in members {
+        assert!(member["name"]
+            .as_str()
+            .is_some_and(|name| name.starts_with('m')));
+        assert_eq!(member["clientURLs"].as_array().map(Vec::len), Some(1));
+    }
+
+    let statuses = cluster.json(&["endpoint", "status"]);
+    let statuses = statuses.as_array().expect("one status per endpoint");
+    assert_eq!(statuses.len(), 3);
+    let leaders: Vec<u64> = statuses
+        .iter()
+        .filter_map(|status| status["Status"]["leader"].as_u64())
+        .collect();
+    assert!(
+        leaders.windows(2).all(|pair| pair[0] == pair[1]),
+        "one leader: {leaders:?}"
+    );
+    let terms: Vec<u64> = statuses
+        .iter()
+        .filter_map(|status| status["Status"]["raft_term"].as_u64())
+        .collect();
+    assert!(
+        terms.windows(2).all(|pair| pair[0] == pair[1]),
+        "one term: {terms:?}"
+    );
+
+    let health = cluster.etcdctl(&["endpoint", "health"]);
+    assert!(health.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&health.stderr)
+            .lines()
+            .filter(|line| line.contains("is healthy"))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn errors_carry_etcds_texts() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, "errors", &["--max-request-bytes", "1024"]);
+    assert_eq!(
+        cluster.fail(&["put", "", "v"]),
+        "Error: etcdserver: key is not provided"
+    );
+    cluster.run(&["put", "k", "1"]);
+    cluster.run(&["put", "k", "2"]);
+    assert_eq!(
+        cluster.fail(&["get", "k", "--rev=999"]),
+        "Error: etcdserver: mvcc: required revision is a future revision"
+    );
+    let revision = cluster.json(&["get", "k"])["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    cluster.run(&["compaction", &revision.to_string()]);
+    assert_eq!(
+        cluster.fail(&["get", "k", &format!("--rev={}", revision - 1)]),
+        "Error: etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        cluster.fail(&["compaction", &revision.to_string()]),
+        "Error: etcdserver: mvcc: required revision has been compacted"
+    );
+    let duplicate = cluster.etcdctl_at(
+        &cluster.endpoints(),
+        &["txn"],
+        Some("\nput a 1\nput a 2\n\n\n"),
+    );
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr)
+        .contains("etcdserver: duplicate key given in txn request"));
+    let big = "v".repeat(2048);
+    assert_eq!(
+        cluster.fail(&["put", "big", &big]),
+        "Error: etcdserver: request is too large"
+    );
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up_on_restart() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(3, "kill-leader", &[]);
+    for n in 0..20 {
+        cluster.run(&["put", &format!("key{n:02}"), &format!("v{n}")]);
+    }
+    let leader = cluster.leader_position().expect("a leader");
+    cluster.kill(leader);
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "the survivors accept writes",
+        |cluster| cluster.etcdctl_ok(&["put", "after", "kill"]),
+    );
+    let all = cluster.run(&["get", "key", "--prefix", "--keys-only"]);
+    assert_eq!(
+        all.lines().filter(|line| !line.is_empty()).count(),
+        20,
+        "every acknowledged write survives"
+    );
+
+    cluster.start_member(leader);
+    let endpoint = format!("127.0.0.1:{}", cluster.members[leader].client_port);
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "the restarted member has caught up",
+        |cluster| {
+            let output = cluster.etcdctl_at(&endpoint, &["get", "after", "--consistency=s"], None);
+            String::from_utf8_lossy(&output.stdout) == "after\nkill\n"
+        },
+    );
+}
+
+#[test]
+fn a_full_cluster_restart_keeps_every_acknowledged_write_and_sigterm_exits_cleanly() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(3, "restart", &[]);
+    for n in 0..30 {
+        cluster.run(&["put", &format!("restart-{n:02}"), &format!("{n}")]);
+    }
+    for position in 0..3 {
+        let (status, log) = cluster.terminate(position);
+        assert!(status.success(), "SIGTERM exits 0, got {status:?}\n{log}");
+        assert_eq!(
+            log.matches("raftkv member stopped").count(),
+            1,
+            "one stop line:\n{log}"
+        );
+    }
+    for position in 0..3 {
+        cluster.start_member(position);
+    }
+    cluster.wait_until(
+        Duration::from_secs(20),
+        "the restarted cluster answers",
+        |cluster| cluster.etcdctl_ok(&["get", "restart-00"]),
+    );
+    let all = cluster.run(&["get", "restart-", "--prefix"]);
+    let values: Vec<String> = all.lines().skip(1).step_by(2).map(str::to_string).collect();
+    let expected: Vec<String> = (0..30).map(|n| n.to_string()).collect();
+    assert_eq!(values, expected);
+}
