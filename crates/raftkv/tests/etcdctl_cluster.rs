@@ -87,6 +87,16 @@ impl TestCluster {
     fn start_member(&mut self, position: usize) {
         let initial_cluster = self.initial_cluster();
         let member = &self.members[position];
+        // Fast timings keep tests short, unless the test chose its own.
+        let timings: &[&str] = if self
+            .extra_args
+            .iter()
+            .any(|arg| arg == "--heartbeat-interval")
+        {
+            &[]
+        } else {
+            &["--heartbeat-interval", "50", "--election-timeout", "500"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
             .arg("server")
             .args(["--name", &member.name])
@@ -101,7 +111,7 @@ impl TestCluster {
             ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "raftkv-it"])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(timings)
             .args(&self.extra_args)
             .env("RUST_LOG", "warn,server::server=info")
             .stdout(Stdio::null())
@@ -460,4 +470,78 @@ fn a_full_cluster_restart_keeps_every_acknowledged_write_and_sigterm_exits_clean
     let values: Vec<String> = all.lines().skip(1).step_by(2).map(str::to_string).collect();
     let expected: Vec<String> = (0..30).map(|n| n.to_string()).collect();
     assert_eq!(values, expected);
+}
+
+/// Failover time, for docs/bench.md: kill -9 the leader, then measure until
+/// the first write through the survivors succeeds; ten rounds with the
+/// default timings (heartbeat 100 ms, election timeout 1000 ms).
+/// `cargo test -p raftkv --test etcdctl_cluster -- --ignored failover --nocapture`
+#[test]
+#[ignore = "a measurement, not a check; run by hand"]
+fn failover_time_median() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(
+        3,
+        "failover",
+        &["--heartbeat-interval", "100", "--election-timeout", "1000"],
+    );
+    let mut samples = Vec::new();
+    for round in 0..10 {
+        cluster.wait_until(
+            Duration::from_secs(30),
+            "every member is up to date",
+            |cluster| {
+                cluster.etcdctl_ok(&["put", "round", &round.to_string()])
+                    && (0..3).all(|position| {
+                        let endpoint =
+                            format!("127.0.0.1:{}", cluster.members[position].client_port);
+                        let output = cluster.etcdctl_at(
+                            &endpoint,
+                            &["get", "round", "--consistency=s"],
+                            None,
+                        );
+                        String::from_utf8_lossy(&output.stdout) == format!("round\n{round}\n")
+                    })
+            },
+        );
+        let leader = cluster.leader_position().expect("a leader");
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        loop {
+            let output = cluster.etcdctl_at(
+                &cluster.endpoints(),
+                &[
+                    "put",
+                    "failover",
+                    &round.to_string(),
+                    "--command-timeout=300ms",
+                ],
+                None,
+            );
+            if output.status.success() {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "no write within 30 s of the kill"
+            );
+        }
+        let elapsed = killed_at.elapsed();
+        println!(
+            "round {round}: first successful write {} ms after kill -9 of the leader",
+            elapsed.as_millis()
+        );
+        samples.push(elapsed);
+        cluster.start_member(leader);
+    }
+    samples.sort();
+    let median = (samples[4] + samples[5]) / 2;
+    println!(
+        "failover median over 10 runs: {} ms (min {} ms, max {} ms)",
+        median.as_millis(),
+        samples[0].as_millis(),
+        samples[9].as_millis()
+    );
 }
