@@ -764,6 +764,9 @@ impl Cluster {
                     proposed = None;
                 }
             }
+            if (self.now_tick - start).is_multiple_of(25) {
+                tracing::debug!("liveness t+{}:\n{}", self.now_tick - start, self.describe());
+            }
             if proposed.is_none() {
                 if let Some(leader) = self.leader() {
                     let data = Bytes::from(format!("liveness-{}", self.now_tick));

@@ -39,7 +39,8 @@ impl NetworkFaults {
 #[derive(Debug)]
 struct InFlight {
     deliver_at_tick: u64,
-    /// Random tie-breaker: messages due in the same tick arrive in random order.
+    /// Tie-breaker among messages due in the same tick: random when the
+    /// network reorders, send order when it does not (like a TCP stream).
     order: u64,
     message: Message,
 }
@@ -50,6 +51,7 @@ pub struct Network {
     in_flight: Vec<InFlight>,
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    sent_count: u64,
 }
 
 /// What became of a message handed to the network.
@@ -65,6 +67,7 @@ impl Network {
             faults,
             in_flight: Vec::new(),
             blocked: BTreeSet::new(),
+            sent_count: 0,
         }
     }
 
@@ -86,9 +89,15 @@ impl Network {
                     self.faults.max_delay_ticks - self.faults.min_delay_ticks + 1,
                 );
             let _ = copy;
+            self.sent_count += 1;
+            let reorders = self.faults.max_delay_ticks > self.faults.min_delay_ticks;
             self.in_flight.push(InFlight {
                 deliver_at_tick: now_tick + delay,
-                order: rng.next_u64(),
+                order: if reorders {
+                    rng.next_u64()
+                } else {
+                    self.sent_count
+                },
                 message: message.clone(),
             });
         }

@@ -34,6 +34,7 @@ fn random_simulation() {
         }
     };
     let mut totals = raft_sim::SimulationStats::default();
+    let mut slowest_liveness_seed = 0;
     for &seed in &seeds {
         // Alternate cluster sizes so both 3- and 5-voter quorums are covered.
         let options = SimulationOptions {
@@ -52,14 +53,17 @@ fn random_simulation() {
                 totals.membership_changes += stats.membership_changes;
                 totals.snapshots += stats.snapshots;
                 totals.reads_answered += stats.reads_answered;
-                totals.liveness_ticks = totals.liveness_ticks.max(stats.liveness_ticks);
+                if stats.liveness_ticks > totals.liveness_ticks {
+                    totals.liveness_ticks = stats.liveness_ticks;
+                    slowest_liveness_seed = seed;
+                }
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     println!(
         "{} seeds, zero violations: {} ticks, {} entries committed, {} crashes, {} partition changes, \
-         {} membership changes, {} snapshots, {} reads answered, worst liveness {} ticks",
+         {} membership changes, {} snapshots, {} reads answered, worst liveness {} ticks (seed {})",
         seeds.len(),
         totals.ticks,
         totals.committed_index,
@@ -68,6 +72,7 @@ fn random_simulation() {
         totals.membership_changes,
         totals.snapshots,
         totals.reads_answered,
-        totals.liveness_ticks
+        totals.liveness_ticks,
+        slowest_liveness_seed
     );
 }
