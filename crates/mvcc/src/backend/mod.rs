@@ -1,0 +1,794 @@
+//! The state machine's storage: a fjall database holding the MVCC versions,
+//! leases and metadata, with the applied index committed atomically with the
+//! data it covers.
+//!
+//! # Keyspaces
+//!
+//! | keyspace | key                         | value                         |
+//! |----------|-----------------------------|-------------------------------|
+//! | `kv`     | [`crate::keys::encode_key`] | [`VersionRecord`] encoding    |
+//! | `lease`  | lease id, sign-flipped BE   | opaque lease record           |
+//! | `meta`   | see [`meta`]                | see [`meta`]                  |
+//!
+//! # Durability of a batch
+//!
+//! [`WriteBatch::commit`] writes one fjall batch: one journal record framed
+//! with a start marker, the items and an end marker with a checksum. fjall's
+//! journal recovery drops a batch whose end marker or checksum is missing, so
+//! after any crash either all of a batch is there or none of it is. Since the
+//! applied index is an item of the batch, what [`Backend::applied`] reports
+//! after reopening is exactly what the data reflects, never ahead of it.
+//!
+//! The commit does not fsync. It flushes the journal to the operating system
+//! (fjall's `PersistMode::Buffer`), so a committed batch survives a process
+//! crash (SIGKILL) but may be lost on power failure or kernel crash, together
+//! with every later batch (the journal is a prefix). That is safe because the
+//! Raft WAL is the durable source: the applied index goes back to an earlier
+//! batch and the log re-delivers the entries after it. It is why
+//! [`Backend::persist`] must be called (fsync) before the Raft log is
+//! compacted below the applied index.
+//!
+//! Per committed batch: one `write` system call, no fsync; the batch's keys
+//! and values are copied once into their encodings, once into fjall's
+//! journal buffer and once into its memtable.
+//!
+//! # Snapshots and generations
+//!
+//! The database lives in a directory `db-<generation>` under the root, and
+//! the root's `CURRENT` file names the live one (see [`dir`]). Installing a
+//! snapshot builds a new generation beside the live one and switches
+//! `CURRENT` atomically; see [`Backend::install_observed`].
+
+mod dir;
+pub mod meta;
+mod snapshot;
+
+pub use meta::{AppliedIndex, FORMAT_VERSION};
+pub use snapshot::{
+    InstallStep, SnapshotInstaller, SnapshotStream, CHUNK_BYTES_TARGET, CHUNK_FORMAT_VERSION,
+};
+
+use crate::error::{Error, Result};
+use crate::keys::{
+    decode_key, encode_key, encode_put, versions_lower_bound, versions_of, versions_upper_bound,
+    KeyRange, Revision, Version, VersionRecord,
+};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use raft::{ConfState, NodeId, SnapshotMetadata};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// The keyspaces of a backend. The discriminants are part of the snapshot
+/// format and must never be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyspaceId {
+    /// MVCC versions of user keys.
+    Kv = 1,
+    /// Leases, by id.
+    Lease = 2,
+    /// The applied index, membership, revision counters, format version.
+    Meta = 3,
+}
+
+impl KeyspaceId {
+    /// Every keyspace, in snapshot order.
+    pub const ALL: [KeyspaceId; 3] = [KeyspaceId::Kv, KeyspaceId::Lease, KeyspaceId::Meta];
+
+    fn name(self) -> &'static str {
+        match self {
+            KeyspaceId::Kv => "kv",
+            KeyspaceId::Lease => "lease",
+            KeyspaceId::Meta => "meta",
+        }
+    }
+
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        KeyspaceId::ALL.into_iter().find(|id| id.to_byte() == byte)
+    }
+}
+
+/// One open generation: a fjall database and its keyspaces.
+///
+/// Dropping it closes the database (fjall joins its background threads when
+/// the last handle goes), which the install path relies on before fsyncing
+/// the directory tree.
+struct Store {
+    path: PathBuf,
+    db: Database,
+    kv: Keyspace,
+    lease: Keyspace,
+    meta: Keyspace,
+}
+
+impl Store {
+    fn open(path: &Path) -> Result<Store> {
+        let db = Database::builder(path).open()?;
+        let open = |id: KeyspaceId| db.keyspace(id.name(), KeyspaceCreateOptions::default);
+        Ok(Store {
+            path: path.to_path_buf(),
+            kv: open(KeyspaceId::Kv)?,
+            lease: open(KeyspaceId::Lease)?,
+            meta: open(KeyspaceId::Meta)?,
+            db,
+        })
+    }
+
+    fn keyspace(&self, id: KeyspaceId) -> &Keyspace {
+        match id {
+            KeyspaceId::Kv => &self.kv,
+            KeyspaceId::Lease => &self.lease,
+            KeyspaceId::Meta => &self.meta,
+        }
+    }
+
+    fn read(&self) -> ReadView {
+        ReadView {
+            snapshot: self.db.snapshot(),
+            kv: self.kv.clone(),
+            lease: self.lease.clone(),
+            meta: self.meta.clone(),
+        }
+    }
+
+    /// Checks the format marker and returns the applied index. A database
+    /// without a format marker must be empty (a generation whose creation
+    /// was interrupted); it is initialised when `initialize` is set.
+    fn check_format(&self, initialize: bool) -> Result<AppliedIndex> {
+        match self.meta.get(meta::KEY_FORMAT)? {
+            Some(value) => {
+                let found = meta::decode_u32(meta::KEY_FORMAT, &value)?;
+                if found != FORMAT_VERSION {
+                    return Err(Error::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                let empty = KeyspaceId::ALL
+                    .iter()
+                    .all(|&id| self.keyspace(id).first_key_value().is_none());
+                if !initialize || !empty {
+                    return Err(Error::Corrupt {
+                        path: self.path.clone(),
+                        detail: "database has no format marker".into(),
+                    });
+                }
+                let mut batch = self.db.batch();
+                batch.insert(
+                    &self.meta,
+                    meta::KEY_FORMAT,
+                    meta::encode_u32(FORMAT_VERSION),
+                );
+                batch.insert(
+                    &self.meta,
+                    meta::KEY_APPLIED,
+                    meta::encode_applied(AppliedIndex::default()),
+                );
+                batch.commit()?;
+                self.db.persist(PersistMode::SyncAll)?;
+            }
+        }
+        self.read().applied()
+    }
+}
+
+/// The storage of one member's state machine.
+///
+/// Reads and batches take `&self` (share it behind an `Arc`); installing a
+/// snapshot takes `&mut self`, because it replaces the database under every
+/// reader.
+pub struct Backend {
+    root: PathBuf,
+    /// Held for the backend's lifetime; see [`dir::lock_root`].
+    _lock: dir::RootLock,
+    /// The generation CURRENT names and `store` has open.
+    generation: u64,
+    /// Generation numbers for installers; above every directory seen.
+    next_generation: AtomicU64,
+    store: Store,
+    /// The applied index of the last committed batch. The mutex is held
+    /// across a commit, so checking that the index grows and committing
+    /// are one step even if two threads commit (the apply loop is one
+    /// thread, so it is never contended there).
+    applied: Mutex<AppliedIndex>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("root", &self.root)
+            .field("generation", &self.generation)
+            .field("applied", &self.applied())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// Opens the backend under `root`, creating an empty one if there is
+    /// none, and removes what an interrupted snapshot install left behind.
+    pub fn open(root: impl AsRef<Path>) -> Result<Backend> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(Error::io("create directory", &root))?;
+        let lock = dir::lock_root(&root)?;
+        let generation = match dir::read_current(&root)? {
+            Some(generation) => generation,
+            None => {
+                // CURRENT is written before the first database directory is
+                // created, so directories without CURRENT were not left by
+                // this code: refuse rather than delete them.
+                if !dir::generation_dirs(&root)?.is_empty() {
+                    return Err(Error::Corrupt {
+                        path: root.join(dir::CURRENT),
+                        detail: "missing, but database directories exist".into(),
+                    });
+                }
+                let first = 1;
+                dir::write_current(&root, first, &mut || {})?;
+                first
+            }
+        };
+        dir::remove_leftovers(&root, generation)?;
+        let store = Store::open(&root.join(dir::generation_dir_name(generation)))?;
+        let applied = store.check_format(true)?;
+        tracing::info!(root = %root.display(), generation, applied.index, applied.term, "backend open");
+        Ok(Backend {
+            root,
+            _lock: lock,
+            generation,
+            next_generation: AtomicU64::new(generation + 1),
+            store,
+            applied: Mutex::new(applied),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of the live database.
+    pub fn db_path(&self) -> &Path {
+        &self.store.path
+    }
+
+    fn lock_applied(&self) -> MutexGuard<'_, AppliedIndex> {
+        // Poisoning means a panic while the lock was held; the guarded value
+        // is only ever replaced after a successful commit, so it is still
+        // what the data reflects.
+        self.applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The index and term of the last entry whose effects the data reflects.
+    pub fn applied(&self) -> AppliedIndex {
+        *self.lock_applied()
+    }
+
+    /// Starts an atomic batch; nothing is visible until
+    /// [`WriteBatch::commit`].
+    pub fn write_batch(&self) -> WriteBatch<'_> {
+        WriteBatch {
+            backend: self,
+            writes: BTreeMap::new(),
+            applied: None,
+        }
+    }
+
+    /// A consistent, point-in-time view of every keyspace.
+    pub fn read(&self) -> ReadView {
+        self.store.read()
+    }
+
+    /// Makes every committed batch durable (fsync of fjall's journal).
+    /// Call it before the Raft log may be compacted up to the applied index.
+    pub fn persist(&self) -> Result<()> {
+        self.store.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    pub fn conf_state(&self) -> Result<ConfState> {
+        self.read().conf_state()
+    }
+
+    pub fn members(&self) -> Result<BTreeMap<NodeId, Vec<u8>>> {
+        self.read().members()
+    }
+
+    pub fn compacted_revision(&self) -> Result<i64> {
+        self.read().compacted_revision()
+    }
+
+    pub fn current_revision(&self) -> Result<i64> {
+        self.read().current_revision()
+    }
+
+    /// Starts streaming a snapshot of the current state (see
+    /// [`SnapshotStream`]); writes continue to be accepted meanwhile.
+    pub fn snapshot(&self) -> Result<SnapshotStream> {
+        SnapshotStream::new(self.read(), CHUNK_BYTES_TARGET)
+    }
+
+    /// Like [`Backend::snapshot`], with chunks of about `chunk_bytes_target`
+    /// bytes (tests use small chunks to get many).
+    pub fn snapshot_with_chunk_bytes(&self, chunk_bytes_target: usize) -> Result<SnapshotStream> {
+        SnapshotStream::new(self.read(), chunk_bytes_target.max(1))
+    }
+
+    /// Prepares a fresh generation directory to receive a snapshot stream.
+    /// Dropping the installer without installing it removes the directory.
+    pub fn snapshot_installer(&self) -> Result<SnapshotInstaller> {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        SnapshotInstaller::create(
+            self.root.join(dir::generation_dir_name(generation)),
+            generation,
+        )
+    }
+
+    /// Receives a whole chunk stream and installs it. On any error the old
+    /// state stays live and the partial new one is removed.
+    pub fn install_snapshot<I>(&mut self, chunks: I) -> Result<SnapshotMetadata>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let mut installer = self.snapshot_installer()?;
+        for chunk in chunks {
+            installer.push(chunk.as_ref())?;
+        }
+        self.install(installer)
+    }
+
+    /// Makes a completely received snapshot the live state.
+    pub fn install(&mut self, installer: SnapshotInstaller) -> Result<SnapshotMetadata> {
+        self.install_observed(installer, &mut |_| {})
+    }
+
+    /// [`Backend::install`], reporting each step to `observer` as it
+    /// completes (for logs, and for crash tests that stop the process at a
+    /// chosen step).
+    ///
+    /// The steps, and what a crash after each leaves:
+    /// 1. the new generation is checked against the snapshot's header,
+    ///    closed, and every file and directory in it fsynced, then reopened
+    ///    to prove it opens ([`InstallStep::DataSynced`]) — old state;
+    /// 2. `CURRENT.tmp` names the new generation and is fsynced
+    ///    ([`InstallStep::CurrentTempSynced`]) — old state, the temp file is
+    ///    removed at open;
+    /// 3. `CURRENT.tmp` is renamed over `CURRENT` and the root fsynced
+    ///    ([`InstallStep::CurrentSwitched`]) — new state; the old directory
+    ///    is removed at open;
+    /// 4. the old database is closed and its directory removed
+    ///    ([`InstallStep::OldRemoved`]).
+    ///
+    /// An error before step 3 leaves the old state live and removes the new
+    /// directory. Readers holding a [`ReadView`] or [`SnapshotStream`] of the
+    /// old state should be dropped first: their reads fail once its files
+    /// are gone.
+    pub fn install_observed(
+        &mut self,
+        mut installer: SnapshotInstaller,
+        observer: &mut dyn FnMut(InstallStep),
+    ) -> Result<SnapshotMetadata> {
+        let (metadata, new_store) = installer.seal()?;
+        observer(InstallStep::DataSynced);
+        let generation = installer.generation();
+        dir::write_current(&self.root, generation, &mut || {
+            observer(InstallStep::CurrentTempSynced)
+        })?;
+        installer.disarm();
+        observer(InstallStep::CurrentSwitched);
+
+        let old_generation = std::mem::replace(&mut self.generation, generation);
+        let old_store = std::mem::replace(&mut self.store, new_store);
+        *self.lock_applied() = AppliedIndex {
+            index: metadata.index,
+            term: metadata.term,
+        };
+        let old_path = old_store.path.clone();
+        drop(old_store);
+        // Failing to remove the old directory does not undo the install:
+        // CURRENT already names the new one, and open removes leftovers.
+        if let Err(error) = std::fs::remove_dir_all(&old_path)
+            .map_err(Error::io("remove", &old_path))
+            .and_then(|()| dir::fsync_dir(&self.root))
+        {
+            tracing::warn!(%error, "old database generation not removed; it will be at next open");
+        }
+        tracing::info!(
+            generation,
+            old_generation,
+            index = metadata.index,
+            term = metadata.term,
+            "snapshot installed"
+        );
+        observer(InstallStep::OldRemoved);
+        Ok(metadata)
+    }
+}
+
+/// An atomic set of writes, committed with the applied index it brings the
+/// data to.
+///
+/// Writes to the same key within one batch: the last one wins (the batch
+/// keeps one write per key, which also keeps fjall from seeing two items
+/// with one key and one sequence number).
+#[must_use = "a batch does nothing until committed"]
+pub struct WriteBatch<'a> {
+    backend: &'a Backend,
+    /// Engine key → engine value, `None` to remove.
+    writes: BTreeMap<(KeyspaceId, Vec<u8>), Option<Vec<u8>>>,
+    applied: Option<AppliedIndex>,
+}
+
+impl WriteBatch<'_> {
+    /// Writes version `revision` of `key` with `value`.
+    pub fn put(&mut self, key: &[u8], revision: Revision, value: &[u8]) -> Result<()> {
+        let encoded = encode_key(key, revision)?;
+        self.writes
+            .insert((KeyspaceId::Kv, encoded), Some(encode_put(value)));
+        Ok(())
+    }
+
+    /// Writes version `revision` of `key` as a deletion.
+    pub fn put_tombstone(&mut self, key: &[u8], revision: Revision) -> Result<()> {
+        let encoded = encode_key(key, revision)?;
+        self.writes.insert(
+            (KeyspaceId::Kv, encoded),
+            Some(VersionRecord::Tombstone.encode()),
+        );
+        Ok(())
+    }
+
+    /// Physically removes version `revision` of `key` (compaction).
+    pub fn remove_version(&mut self, key: &[u8], revision: Revision) -> Result<()> {
+        let encoded = encode_key(key, revision)?;
+        self.writes.insert((KeyspaceId::Kv, encoded), None);
+        Ok(())
+    }
+
+    pub fn put_lease(&mut self, id: i64, record: &[u8]) {
+        self.writes.insert(
+            (KeyspaceId::Lease, lease_key(id).to_vec()),
+            Some(record.to_vec()),
+        );
+    }
+
+    pub fn remove_lease(&mut self, id: i64) {
+        self.writes
+            .insert((KeyspaceId::Lease, lease_key(id).to_vec()), None);
+    }
+
+    /// The log position this batch brings the data to. Must be above the
+    /// current applied index, or the commit fails with
+    /// [`Error::AppliedRegression`] and writes nothing.
+    pub fn set_applied(&mut self, index: u64, term: u64) {
+        self.applied = Some(AppliedIndex { index, term });
+    }
+
+    pub fn set_conf_state(&mut self, conf_state: &ConfState) {
+        self.put_meta(meta::KEY_CONF_STATE, meta::encode_conf_state(conf_state));
+    }
+
+    /// Stores the opaque record of member `id` (the server keeps its name
+    /// and URLs there).
+    pub fn put_member(&mut self, id: NodeId, record: &[u8]) {
+        self.writes.insert(
+            (KeyspaceId::Meta, meta::member_key(id)),
+            Some(record.to_vec()),
+        );
+    }
+
+    pub fn remove_member(&mut self, id: NodeId) {
+        self.writes
+            .insert((KeyspaceId::Meta, meta::member_key(id)), None);
+    }
+
+    pub fn set_compacted_revision(&mut self, revision: i64) {
+        self.put_meta(meta::KEY_COMPACTED_REVISION, meta::encode_i64(revision));
+    }
+
+    pub fn set_current_revision(&mut self, revision: i64) {
+        self.put_meta(meta::KEY_CURRENT_REVISION, meta::encode_i64(revision));
+    }
+
+    fn put_meta(&mut self, key: &[u8], value: Vec<u8>) {
+        self.writes
+            .insert((KeyspaceId::Meta, key.to_vec()), Some(value));
+    }
+
+    /// Number of distinct keys written (the applied index not counted).
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.applied.is_none()
+    }
+
+    /// Commits every write and the applied index atomically. See the module
+    /// documentation for durability: flushed to the OS, not fsynced.
+    pub fn commit(self) -> Result<()> {
+        let backend = self.backend;
+        let store = &backend.store;
+        let mut applied = backend.lock_applied();
+        if let Some(new) = self.applied {
+            if new.index <= applied.index {
+                return Err(Error::AppliedRegression {
+                    applied: applied.index,
+                    attempted: new.index,
+                });
+            }
+        }
+        let mut batch =
+            fjall::OwnedWriteBatch::with_capacity(store.db.clone(), self.writes.len() + 1)
+                .durability(Some(PersistMode::Buffer));
+        for ((keyspace, key), value) in self.writes {
+            let keyspace = store.keyspace(keyspace);
+            match value {
+                Some(value) => batch.insert(keyspace, key, value),
+                None => batch.remove(keyspace, key),
+            }
+        }
+        if let Some(new) = self.applied {
+            batch.insert(&store.meta, meta::KEY_APPLIED, meta::encode_applied(new));
+        }
+        batch.commit()?;
+        if let Some(new) = self.applied {
+            *applied = new;
+        }
+        Ok(())
+    }
+}
+
+/// Lease ids sort by value (sign bit flipped, big-endian).
+fn lease_key(id: i64) -> [u8; 8] {
+    ((id as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn lease_id(key: &[u8]) -> Result<i64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::KeyDecode("lease key is not 8 bytes"))?;
+    Ok((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+/// A consistent point-in-time view of the whole backend (a fjall snapshot
+/// across keyspaces): every read through one view sees the same batches.
+///
+/// Holding a view keeps fjall from dropping the versions it can see, so
+/// keep views short-lived.
+#[derive(Clone)]
+pub struct ReadView {
+    snapshot: fjall::Snapshot,
+    kv: Keyspace,
+    lease: Keyspace,
+    meta: Keyspace,
+}
+
+impl ReadView {
+    fn keyspace(&self, id: KeyspaceId) -> &Keyspace {
+        match id {
+            KeyspaceId::Kv => &self.kv,
+            KeyspaceId::Lease => &self.lease,
+            KeyspaceId::Meta => &self.meta,
+        }
+    }
+
+    fn meta_value(&self, key: &[u8]) -> Result<Option<fjall::Slice>> {
+        Ok(self.snapshot.get(&self.meta, key)?)
+    }
+
+    pub fn applied(&self) -> Result<AppliedIndex> {
+        self.meta_value(meta::KEY_APPLIED)?
+            .map_or(Ok(AppliedIndex::default()), |value| {
+                meta::decode_applied(&value)
+            })
+    }
+
+    pub fn conf_state(&self) -> Result<ConfState> {
+        self.meta_value(meta::KEY_CONF_STATE)?
+            .map_or(Ok(ConfState::default()), |value| {
+                meta::decode_conf_state(&value)
+            })
+    }
+
+    pub fn compacted_revision(&self) -> Result<i64> {
+        self.meta_value(meta::KEY_COMPACTED_REVISION)?
+            .map_or(Ok(0), |value| {
+                meta::decode_i64(meta::KEY_COMPACTED_REVISION, &value)
+            })
+    }
+
+    pub fn current_revision(&self) -> Result<i64> {
+        self.meta_value(meta::KEY_CURRENT_REVISION)?
+            .map_or(Ok(0), |value| {
+                meta::decode_i64(meta::KEY_CURRENT_REVISION, &value)
+            })
+    }
+
+    pub fn members(&self) -> Result<BTreeMap<NodeId, Vec<u8>>> {
+        let mut members = BTreeMap::new();
+        for guard in self.snapshot.prefix(&self.meta, meta::MEMBER_PREFIX) {
+            let (key, value) = guard.into_inner()?;
+            members.insert(meta::decode_member_key(&key)?, value.to_vec());
+        }
+        Ok(members)
+    }
+
+    /// Raft's view of this state: the applied position and membership.
+    pub fn snapshot_metadata(&self) -> Result<SnapshotMetadata> {
+        let applied = self.applied()?;
+        Ok(SnapshotMetadata {
+            index: applied.index,
+            term: applied.term,
+            conf_state: self.conf_state()?,
+        })
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .snapshot
+            .get(&self.lease, lease_key(id))?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> impl Iterator<Item = Result<(i64, Vec<u8>)>> + use<> {
+        self.snapshot.iter(&self.lease).map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            Ok((lease_id(&key)?, value.to_vec()))
+        })
+    }
+
+    /// Exactly version `revision` of `key`.
+    pub fn get(&self, key: &[u8], revision: Revision) -> Result<Option<VersionRecord>> {
+        let encoded = encode_key(key, revision)?;
+        match self.snapshot.get(&self.kv, encoded)? {
+            Some(value) => Ok(Some(VersionRecord::decode(&value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest version of `key` at main revision `≤ at`, tombstone
+    /// included.
+    pub fn latest(&self, key: &[u8], at: i64) -> Result<Option<Version>> {
+        let (lower, _) = versions_of(key);
+        let upper = Bound::Included(encode_key(key, Revision::last_of(at))?);
+        match self.snapshot.range(&self.kv, (lower, upper)).next_back() {
+            Some(guard) => {
+                let (key, value) = guard.into_inner()?;
+                Ok(Some(Version::decode(&key, &value)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// For each key in `range` that has a version at main revision `≤ at`,
+    /// its latest such version (tombstones included: a key whose latest
+    /// version is a tombstone did not exist at `at`), in key order.
+    ///
+    /// Seek-based: per key returned it positions two iterators (one to find
+    /// the key, one backwards from `(key, at)`), so the cost does not grow
+    /// with the number of versions a key has. Lazy: `take(n)` reads about
+    /// `n` keys.
+    pub fn latest_at(&self, range: &KeyRange, at: i64) -> LatestVersions {
+        let (lower, upper) = range.encoded_bounds();
+        LatestVersions {
+            snapshot: self.snapshot.clone(),
+            kv: self.kv.clone(),
+            next_lower: (!range.is_empty()).then_some(lower),
+            upper,
+            at: Revision::last_of(at),
+        }
+    }
+
+    /// [`ReadView::latest_at`] without the keys that were deleted at `at`.
+    pub fn live_at(
+        &self,
+        range: &KeyRange,
+        at: i64,
+    ) -> impl Iterator<Item = Result<Version>> + use<> {
+        self.latest_at(range, at)
+            .filter(|version| !matches!(version, Ok(version) if version.is_tombstone()))
+    }
+
+    /// Every version of every key in `range`, in `(key, revision)` order.
+    pub fn versions(&self, range: &KeyRange) -> impl Iterator<Item = Result<Version>> + use<> {
+        let iter = if range.is_empty() {
+            None
+        } else {
+            Some(self.snapshot.range(&self.kv, range.encoded_bounds()))
+        };
+        iter.into_iter().flatten().map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            Version::decode(&key, &value)
+        })
+    }
+
+    /// The raw engine entries of one keyspace, in key order (snapshots,
+    /// consistency checks, tests).
+    pub fn raw_entries(
+        &self,
+        keyspace: KeyspaceId,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + use<> {
+        self.snapshot.iter(self.keyspace(keyspace)).map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            Ok((key.to_vec(), value.to_vec()))
+        })
+    }
+
+    fn raw_iter(&self, keyspace: KeyspaceId) -> fjall::Iter {
+        self.snapshot.iter(self.keyspace(keyspace))
+    }
+}
+
+/// Iterator of [`ReadView::latest_at`].
+pub struct LatestVersions {
+    snapshot: fjall::Snapshot,
+    kv: Keyspace,
+    /// Where the next key's versions start; `None` when done.
+    next_lower: Option<Bound<Vec<u8>>>,
+    upper: Bound<Vec<u8>>,
+    at: Revision,
+}
+
+impl LatestVersions {
+    fn step(&mut self, lower: Bound<Vec<u8>>) -> Result<Option<Version>> {
+        let mut lower = lower;
+        loop {
+            // Seek to the first version of the next key in range.
+            let Some(guard) = self
+                .snapshot
+                .range(&self.kv, (lower, self.upper.clone()))
+                .next()
+            else {
+                return Ok(None);
+            };
+            let (user_key, oldest) = decode_key(&guard.key()?)?;
+            lower = Bound::Included(versions_upper_bound(&user_key));
+            if oldest > self.at {
+                // Every version of this key is newer than `at`.
+                continue;
+            }
+            // Seek backwards from (key, at) to the latest version ≤ at.
+            let upper = Bound::Included(encode_key(&user_key, self.at)?);
+            let found = self
+                .snapshot
+                .range(
+                    &self.kv,
+                    (Bound::Included(versions_lower_bound(&user_key)), upper),
+                )
+                .next_back();
+            self.next_lower = Some(lower);
+            return match found {
+                Some(guard) => {
+                    let (key, value) = guard.into_inner()?;
+                    Ok(Some(Version::decode(&key, &value)?))
+                }
+                // The forward seek saw a version ≤ at in the same snapshot.
+                None => Err(Error::Corrupt {
+                    path: PathBuf::new(),
+                    detail: "version seen forwards is missing backwards".into(),
+                }),
+            };
+        }
+    }
+}
+
+impl Iterator for LatestVersions {
+    type Item = Result<Version>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let lower = self.next_lower.take()?;
+        // On error `next_lower` stays `None`, ending the iteration.
+        self.step(lower).transpose()
+    }
+}
