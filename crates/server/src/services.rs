@@ -180,18 +180,15 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
         self.0.check_size(request.encoded_len())?;
-        match self
-            .0
-            .write(internal_request::Request::Put(request))
-            .await?
-        {
-            internal_response::Response::Put(mut response) => {
-                let revision = response.header.as_ref().map_or(0, |header| header.revision);
-                response.header = Some(self.0.header(revision));
-                Ok(Response::new(response))
-            }
-            _ => Err(Status::internal("mismatched apply result")),
-        }
+        self.0
+            .write_answer(
+                internal_request::Request::Put(request),
+                |response| match response {
+                    internal_response::Response::Put(put) => Some(put),
+                    _ => None,
+                },
+            )
+            .await
     }
 
     async fn delete_range(
@@ -200,18 +197,15 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let request = request.into_inner();
         self.0.check_size(request.encoded_len())?;
-        match self
-            .0
-            .write(internal_request::Request::DeleteRange(request))
-            .await?
-        {
-            internal_response::Response::DeleteRange(mut response) => {
-                let revision = response.header.as_ref().map_or(0, |header| header.revision);
-                response.header = Some(self.0.header(revision));
-                Ok(Response::new(response))
-            }
-            _ => Err(Status::internal("mismatched apply result")),
-        }
+        self.0
+            .write_answer(
+                internal_request::Request::DeleteRange(request),
+                |response| match response {
+                    internal_response::Response::DeleteRange(delete) => Some(delete),
+                    _ => None,
+                },
+            )
+            .await
     }
 
     async fn txn(
@@ -220,18 +214,15 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let request = request.into_inner();
         self.0.check_size(request.encoded_len())?;
-        match self
-            .0
-            .write(internal_request::Request::Txn(request))
-            .await?
-        {
-            internal_response::Response::Txn(mut response) => {
-                let revision = response.header.as_ref().map_or(0, |header| header.revision);
-                stamp_txn(&mut response, &self.0.header(revision));
-                Ok(Response::new(response))
-            }
-            _ => Err(Status::internal("mismatched apply result")),
-        }
+        self.0
+            .write_answer(
+                internal_request::Request::Txn(request),
+                |response| match response {
+                    internal_response::Response::Txn(txn) => Some(txn),
+                    _ => None,
+                },
+            )
+            .await
     }
 
     async fn compact(
@@ -239,18 +230,67 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let request = request.into_inner();
-        match self
-            .0
-            .write(internal_request::Request::Compaction(request))
-            .await?
-        {
-            internal_response::Response::Compaction(mut response) => {
-                let revision = response.header.as_ref().map_or(0, |header| header.revision);
-                response.header = Some(self.0.header(revision));
-                Ok(Response::new(response))
+        self.0
+            .write_answer(
+                internal_request::Request::Compaction(request),
+                |response| match response {
+                    internal_response::Response::Compaction(compaction) => Some(compaction),
+                    _ => None,
+                },
+            )
+            .await
+    }
+}
+
+/// A write's answer, whose header the member fills in (the applier knows
+/// only the revision; cluster, member and term are this member's).
+trait Stamped {
+    fn revision(&self) -> i64;
+    fn stamp(&mut self, header: pb::ResponseHeader);
+}
+
+macro_rules! stamped {
+    ($($response:ty),*) => {$(
+        impl Stamped for $response {
+            fn revision(&self) -> i64 {
+                self.header.as_ref().map_or(0, |header| header.revision)
             }
-            _ => Err(Status::internal("mismatched apply result")),
+            fn stamp(&mut self, header: pb::ResponseHeader) {
+                self.header = Some(header);
+            }
         }
+    )*};
+}
+
+stamped!(
+    pb::PutResponse,
+    pb::DeleteRangeResponse,
+    pb::CompactionResponse
+);
+
+impl Stamped for pb::TxnResponse {
+    fn revision(&self) -> i64 {
+        self.header.as_ref().map_or(0, |header| header.revision)
+    }
+    fn stamp(&mut self, header: pb::ResponseHeader) {
+        stamp_txn(self, &header);
+    }
+}
+
+impl ServiceContext {
+    /// Runs a write and answers with the response `pick` finds in the apply
+    /// result, stamped with this member's header.
+    async fn write_answer<T: Stamped>(
+        &self,
+        request: internal_request::Request,
+        pick: impl FnOnce(internal_response::Response) -> Option<T>,
+    ) -> Result<Response<T>, Status> {
+        let response = self.write(request).await?;
+        let mut answer =
+            pick(response).ok_or_else(|| Status::internal("mismatched apply result"))?;
+        let revision = answer.revision();
+        answer.stamp(self.header(revision));
+        Ok(Response::new(answer))
     }
 }
 
