@@ -309,16 +309,8 @@ impl NodeHandle {
         });
         let outcome = async {
             sent.map_err(|_| NodeError::Stopped)?;
-            match tokio::time::timeout_at(deadline.into(), done_rx).await {
-                Ok(Ok(position)) => position?,
-                Ok(Err(_)) => return Err(NodeError::Stopped),
-                Err(_) => return Err(NodeError::Timeout),
-            };
-            match tokio::time::timeout_at(deadline.into(), result).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(NodeError::Stopped),
-                Err(_) => Err(NodeError::Timeout),
-            }
+            answer_by(deadline, done_rx).await?;
+            answer_by(deadline, result).await
         }
         .await;
         if outcome.is_err() {
@@ -336,11 +328,7 @@ impl NodeHandle {
         self.input
             .send(Input::ReadIndex { done: done_tx })
             .map_err(|_| NodeError::Stopped)?;
-        let index = match tokio::time::timeout_at(deadline.into(), done_rx).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(NodeError::Stopped),
-            Err(_) => return Err(NodeError::Timeout),
-        };
+        let index = answer_by(deadline, done_rx).await?;
         self.wait_applied(index, deadline).await
     }
 
@@ -386,11 +374,7 @@ impl NodeHandle {
                 done: done_tx,
             })
             .map_err(|_| NodeError::Stopped)?;
-        let position = match tokio::time::timeout_at(deadline.into(), done_rx).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(NodeError::Stopped),
-            Err(_) => return Err(NodeError::Timeout),
-        };
+        let position = answer_by(deadline, done_rx).await?;
         self.wait_applied(position.index, deadline).await?;
         Ok(position)
     }
@@ -407,11 +391,20 @@ impl NodeHandle {
                 done: done_tx,
             })
             .map_err(|_| NodeError::Stopped)?;
-        match tokio::time::timeout(timeout, done_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NodeError::Stopped),
-            Err(_) => Err(NodeError::Timeout),
-        }
+        answer_by(Instant::now() + timeout, done_rx).await
+    }
+}
+
+/// The raft or apply thread's answer, or Timeout at `deadline`, or Stopped
+/// if the thread went away without answering.
+async fn answer_by<T>(
+    deadline: Instant,
+    answer: oneshot::Receiver<Result<T, NodeError>>,
+) -> Result<T, NodeError> {
+    match tokio::time::timeout_at(deadline.into(), answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(NodeError::Stopped),
+        Err(_) => Err(NodeError::Timeout),
     }
 }
 
