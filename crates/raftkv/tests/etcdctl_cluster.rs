@@ -545,3 +545,55 @@ fn failover_time_median() {
         samples[9].as_millis()
     );
 }
+
+#[test]
+fn without_a_quorum_writes_fail_with_unavailable_in_bounded_time() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(3, "no-quorum", &[]);
+    let leader = cluster.leader_position().expect("a leader");
+    // Keep the leader, lose both followers: the leader cannot commit, steps
+    // down (CheckQuorum), and every write must fail, never hang.
+    for position in 0..3 {
+        if position != leader {
+            cluster.kill(position);
+        }
+    }
+    let started = Instant::now();
+    let output = cluster.etcdctl_at(
+        &cluster.endpoints(),
+        &["put", "k", "v", "--command-timeout=15s"],
+        None,
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        !output.status.success(),
+        "a write without a quorum must fail"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("etcdserver: request timed out")
+            || stderr.contains("etcdserver: no leader"),
+        "etcd's Unavailable texts, got: {stderr}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(12),
+        "failed only after {elapsed:?}"
+    );
+    // Once it knows it has no quorum, a write fails at once.
+    cluster.wait_until(
+        Duration::from_secs(10),
+        "the lone member fails writes fast",
+        |cluster| {
+            let started = Instant::now();
+            let output = cluster.etcdctl_at(
+                &cluster.endpoints(),
+                &["put", "k", "v", "--command-timeout=15s"],
+                None,
+            );
+            String::from_utf8_lossy(&output.stderr).contains("etcdserver: no leader")
+                && started.elapsed() < Duration::from_secs(2)
+        },
+    );
+}
