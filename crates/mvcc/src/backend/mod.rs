@@ -563,8 +563,10 @@ fn lease_id(key: &[u8]) -> Result<i64> {
 /// A consistent point-in-time view of the whole backend (a fjall snapshot
 /// across keyspaces): every read through one view sees the same batches.
 ///
-/// Holding a view keeps fjall from dropping the versions it can see, so
-/// keep views short-lived.
+/// Holding a view keeps fjall from dropping the versions it can see, and
+/// keeps the database open (reopening the same root fails with fjall's
+/// `Locked` until every view of a closed backend is dropped), so keep
+/// views short-lived.
 #[derive(Clone)]
 pub struct ReadView {
     snapshot: fjall::Snapshot,
