@@ -332,6 +332,13 @@ impl NodeHandle {
         self.wait_applied(index, deadline).await
     }
 
+    /// Resolves when the node has stopped (after `Node::stop`, or by itself
+    /// after a storage failure: a failed sync must stop the member).
+    pub async fn stopped(&self) {
+        let mut status = self.status.clone();
+        while status.changed().await.is_ok() {}
+    }
+
     /// Waits until the node's status satisfies `predicate`.
     pub async fn wait_status(
         &self,
@@ -578,10 +585,12 @@ impl<L: LogStorage> Driver<L> {
         Ok(())
     }
 
-    /// The state machine is durable on its own (its applied index is stored
-    /// with its data), so a Raft snapshot here is only a marker: the log
-    /// before it can go. The data for lagging followers is streamed from the
-    /// state machine when needed.
+    /// For a state machine that is durable on its own (its applied index
+    /// stored with its data), a Raft snapshot is only a marker: the log
+    /// before it can go, and lagging followers are streamed the state
+    /// machine's data. The in-memory state machine the server runs today is
+    /// not durable, so the server sets `snapshot_count` to `u64::MAX` and
+    /// this never runs there; it is exercised by the durable backend's work.
     fn snapshot_and_compact(&mut self) -> Result<(), StorageError> {
         let applied = self.raft.applied_index();
         let snapshot = self

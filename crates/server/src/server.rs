@@ -43,6 +43,8 @@ pub enum ServerError {
     Raft(#[from] raft::RaftError),
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("the node stopped after a storage failure (see the log above); nothing more is acknowledged")]
+    NodeFailed,
 }
 
 /// Listeners bound before anything else, so a port conflict is reported at
@@ -228,7 +230,16 @@ pub async fn run<L: LogStorage>(
         data_dir = %config.data_dir.display(),
         "raftkv member started"
     );
-    shutdown.await;
+    let node_failed = tokio::select! {
+        () = shutdown => false,
+        () = node.handle.stopped() => true,
+    };
+    if node_failed {
+        tracing::error!(
+            name = config.name,
+            "the node stopped by itself; shutting the member down"
+        );
+    }
     tracing::info!(
         name = config.name,
         "shutting down: no new requests; finishing those in flight"
@@ -252,6 +263,9 @@ pub async fn run<L: LogStorage>(
         server.abort();
     }
     tracing::info!(name = config.name, "raftkv member stopped");
+    if node_failed {
+        return Err(ServerError::NodeFailed);
+    }
     Ok(())
 }
 

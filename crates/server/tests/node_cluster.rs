@@ -221,3 +221,76 @@ async fn proposals_commit_on_every_member_and_followers_redirect() {
         member.node.stop();
     }
 }
+
+/// Fails every persist after the first `healthy` ones, like a disk whose
+/// fsync starts failing.
+struct FailingLog {
+    healthy: usize,
+}
+
+impl LogStorage for FailingLog {
+    fn persist(
+        &mut self,
+        _hard_state: Option<HardState>,
+        _entries: &[Entry],
+        _snapshot: Option<&SnapshotMetadata>,
+    ) -> Result<(), StorageError> {
+        if self.healthy == 0 {
+            return Err(StorageError(
+                "fdatasync: Input/output error (injected)".to_string(),
+            ));
+        }
+        self.healthy -= 1;
+        Ok(())
+    }
+
+    fn compact(&mut self, _index: u64) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_stops_the_node_and_nothing_more_is_acknowledged() {
+    let identity = LocalIdentity {
+        cluster_id: 9,
+        member_id: 1,
+    };
+    let (events_tx, events_rx) = mpsc::channel(16);
+    let transport = Transport::new(identity, events_tx);
+    let raft = Raft::bootstrap(raft_config(1, 20, 200, 1), &[1]).expect("bootstrap");
+    let node = Node::start(
+        raft,
+        FailingLog { healthy: 40 },
+        Recorder::default(),
+        transport,
+        events_rx,
+        NodeOptions {
+            tick_interval: Duration::from_millis(20),
+            request_timeout: Duration::from_secs(5),
+            snapshot_count: u64::MAX,
+            snapshot_catchup_entries: 100,
+        },
+    );
+    let handle = node.handle.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    handle
+        .wait_status(deadline, |status| status.role_is_leader)
+        .await
+        .expect("a one-member cluster elects itself");
+    // Write until the injected failure; every write after it must fail.
+    let mut failed = false;
+    for n in 0..200 {
+        match handle
+            .propose(format!("w{n}").as_bytes(), Duration::from_secs(2))
+            .await
+        {
+            Ok(_) => assert!(!failed, "a write was acknowledged after the log failed"),
+            Err(_) => failed = true,
+        }
+    }
+    assert!(failed, "the injected sync failure must surface");
+    tokio::time::timeout(Duration::from_secs(5), handle.stopped())
+        .await
+        .expect("the node stops by itself after a failed sync");
+    node.stop();
+}
