@@ -59,6 +59,10 @@ pub enum Error {
     #[error("snapshot chunk {chunk_index}: {detail}")]
     SnapshotMalformed { chunk_index: u64, detail: String },
 
+    /// An installer was handed to a backend other than the one that made it.
+    #[error("snapshot installer at {installer} does not belong to the backend at {root}")]
+    ForeignInstaller { installer: PathBuf, root: PathBuf },
+
     /// The snapshot stream ended (or was installed) before its end record.
     #[error("snapshot stream incomplete: {0}")]
     SnapshotIncomplete(String),

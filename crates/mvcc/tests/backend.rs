@@ -44,6 +44,34 @@ fn missing_current_with_databases_present_is_an_error_not_a_wipe() {
 }
 
 #[test]
+fn an_interrupted_creation_is_redone() {
+    // A crash while creating the first generation leaves INIT and a
+    // partial directory, and no CURRENT.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("INIT"), b"").unwrap();
+    let partial = dir.path().join("db-0000000000000001");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("junk"), b"half written").unwrap();
+    let backend = Backend::open(dir.path()).unwrap();
+    assert_eq!(backend.applied(), AppliedIndex::default());
+    assert!(!dir.path().join("INIT").exists());
+    assert!(!partial.join("junk").exists());
+}
+
+#[test]
+fn current_naming_a_missing_directory_is_an_error_not_an_empty_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::open(dir.path()).unwrap();
+    let path = backend.db_path().to_path_buf();
+    drop(backend);
+    std::fs::remove_dir_all(&path).unwrap();
+    assert!(matches!(
+        Backend::open(dir.path()),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
 fn batch_commits_data_and_metadata_together() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::open(dir.path()).unwrap();

@@ -5,6 +5,7 @@
 //! <root>/LOCK                  held (flock) while a Backend is open
 //! <root>/CURRENT               "db-<generation as 16 hex digits>\n"
 //! <root>/CURRENT.tmp           a CURRENT being written (leftover after a crash)
+//! <root>/INIT                  present while the first generation is created
 //! <root>/db-<generation>/      one fjall database; only CURRENT's is live
 //! ```
 //!
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub(crate) const CURRENT: &str = "CURRENT";
 const CURRENT_TEMP: &str = "CURRENT.tmp";
 const LOCK: &str = "LOCK";
+pub(crate) const INIT_MARKER: &str = "INIT";
 const GENERATION_PREFIX: &str = "db-";
 
 pub(crate) fn generation_dir_name(generation: u64) -> String {
@@ -108,6 +110,17 @@ pub(crate) fn write_current(
     let current = root.join(CURRENT);
     fs::rename(&temp, &current).map_err(Error::io("rename CURRENT.tmp over", &current))?;
     fsync_dir(root)
+}
+
+/// Creates an empty file and makes its existence durable.
+pub(crate) fn create_synced(path: &Path) -> Result<()> {
+    File::create(path)
+        .and_then(|file| file.sync_all())
+        .map_err(Error::io("create", path))?;
+    match path.parent() {
+        Some(parent) => fsync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {

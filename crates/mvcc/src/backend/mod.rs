@@ -220,24 +220,20 @@ impl Backend {
         let lock = dir::lock_root(&root)?;
         let generation = match dir::read_current(&root)? {
             Some(generation) => generation,
-            None => {
-                // CURRENT is written before the first database directory is
-                // created, so directories without CURRENT were not left by
-                // this code: refuse rather than delete them.
-                if !dir::generation_dirs(&root)?.is_empty() {
-                    return Err(Error::Corrupt {
-                        path: root.join(dir::CURRENT),
-                        detail: "missing, but database directories exist".into(),
-                    });
-                }
-                let first = 1;
-                dir::write_current(&root, first, &mut || {})?;
-                first
-            }
+            None => create_first_generation(&root)?,
         };
         dir::remove_leftovers(&root, generation)?;
-        let store = Store::open(&root.join(dir::generation_dir_name(generation)))?;
-        let applied = store.check_format(true)?;
+        let path = root.join(dir::generation_dir_name(generation));
+        // fjall would create an empty database in a missing directory:
+        // never let a lost directory read as an empty state.
+        if !path.is_dir() {
+            return Err(Error::Corrupt {
+                path,
+                detail: "CURRENT names this database directory, which does not exist".into(),
+            });
+        }
+        let store = Store::open(&path)?;
+        let applied = store.check_format(false)?;
         tracing::info!(root = %root.display(), generation, applied.index, applied.term, "backend open");
         Ok(Backend {
             root,
@@ -377,6 +373,12 @@ impl Backend {
         mut installer: SnapshotInstaller,
         observer: &mut dyn FnMut(InstallStep),
     ) -> Result<SnapshotMetadata> {
+        if installer.path().parent() != Some(self.root.as_path()) {
+            return Err(Error::ForeignInstaller {
+                installer: installer.path().to_path_buf(),
+                root: self.root.clone(),
+            });
+        }
         let (metadata, new_store) = installer.seal()?;
         observer(InstallStep::DataSynced);
         let generation = installer.generation();
@@ -412,6 +414,39 @@ impl Backend {
         observer(InstallStep::OldRemoved);
         Ok(metadata)
     }
+}
+
+/// Creates generation 1 of a root that has no CURRENT, and then CURRENT.
+///
+/// The `INIT` marker, fsynced before the first directory exists and removed
+/// after CURRENT is written, tells an interrupted creation (remove its
+/// directories and start over) from a root whose CURRENT was lost (refuse:
+/// its directories may hold the only copy of the data).
+fn create_first_generation(root: &Path) -> Result<u64> {
+    let marker = root.join(dir::INIT_MARKER);
+    let existing = dir::generation_dirs(root)?;
+    if marker.exists() {
+        for (_, path) in &existing {
+            tracing::info!(path = %path.display(), "removing database of an interrupted creation");
+            std::fs::remove_dir_all(path).map_err(Error::io("remove", path))?;
+        }
+    } else if !existing.is_empty() {
+        return Err(Error::Corrupt {
+            path: root.join(dir::CURRENT),
+            detail: "missing, but database directories exist".into(),
+        });
+    }
+    dir::create_synced(&marker)?;
+    let first = 1;
+    let path = root.join(dir::generation_dir_name(first));
+    let store = Store::open(&path)?;
+    store.check_format(true)?;
+    drop(store);
+    dir::fsync_tree(&path)?;
+    dir::write_current(root, first, &mut || {})?;
+    std::fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
+    dir::fsync_dir(root)?;
+    Ok(first)
 }
 
 /// An atomic set of writes, committed with the applied index it brings the
