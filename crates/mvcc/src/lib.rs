@@ -25,6 +25,9 @@
 //! that could differ between members, and never panic on bad input from
 //! disk or from the network: corrupt data is an [`Error`].
 
+// Run-time failures are errors, never panics (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod backend;
 pub mod error;
 pub mod keys;
@@ -32,3 +35,19 @@ pub mod keys;
 pub use backend::{AppliedIndex, Backend, KeyspaceId, ReadView, WriteBatch};
 pub use error::{Error, Result};
 pub use keys::{KeyRange, Revision, Version, VersionRecord};
+
+#[cfg(test)]
+mod tests {
+    /// The server streams snapshots and reads from other threads than the
+    /// applier's.
+    #[test]
+    fn handles_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<crate::Backend>();
+        send::<crate::ReadView>();
+        send::<crate::backend::SnapshotStream>();
+        send::<crate::backend::SnapshotInstaller>();
+        send::<crate::backend::LatestVersions>();
+    }
+}

@@ -812,7 +812,7 @@ impl LatestVersions {
                 }
                 // The forward seek saw a version ≤ at in the same snapshot.
                 None => Err(Error::Corrupt {
-                    path: PathBuf::new(),
+                    path: self.kv.path().to_path_buf(),
                     detail: "version seen forwards is missing backwards".into(),
                 }),
             };
