@@ -452,6 +452,10 @@ fn create_first_generation(root: &Path) -> Result<u64> {
 /// An atomic set of writes, committed with the applied index it brings the
 /// data to.
 ///
+/// The applier sets the applied index on the batch of every entry it
+/// applies; a batch without one changes data without moving the applied
+/// index, which is only right for writes that no log entry describes.
+///
 /// Writes to the same key within one batch: the last one wins (the batch
 /// keeps one write per key, which also keeps fjall from seeing two items
 /// with one key and one sequence number).
