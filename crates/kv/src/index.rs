@@ -180,6 +180,25 @@ impl KeyIndex {
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+
+    /// Every recorded change at or before `at`, in key order and, within a
+    /// key, in revision order: `(key, revision, is_deletion)`.
+    pub fn changes_until(&self, at: i64) -> impl Iterator<Item = (&Bytes, Revision, bool)> + '_ {
+        self.keys.iter().flat_map(move |(key, history)| {
+            history.generations.iter().flat_map(move |generation| {
+                let puts = generation
+                    .revisions
+                    .iter()
+                    .filter(move |revision| revision.main <= at)
+                    .map(move |&revision| (key, revision, false));
+                let deletion = generation
+                    .deleted
+                    .filter(|deleted| deleted.main <= at)
+                    .map(|deleted| (key, deleted, true));
+                puts.chain(deletion)
+            })
+        })
+    }
 }
 
 #[cfg(test)]

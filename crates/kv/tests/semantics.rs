@@ -552,3 +552,38 @@ fn requests_are_validated_before_the_log() {
         Ok(())
     );
 }
+
+#[test]
+fn hash_kv_agrees_for_equal_histories_and_differs_otherwise() {
+    let mut first = Store::default();
+    let mut second = Store::default();
+    for store in [&mut first, &mut second] {
+        put(store, "k", "1");
+        put(store, "k", "2");
+        delete(
+            store,
+            DeleteRangeRequest {
+                key: b("k"),
+                ..DeleteRangeRequest::default()
+            },
+        );
+    }
+    assert_eq!(first.hash_kv(0), second.hash_kv(0));
+    assert_eq!(first.hash_kv(2), second.hash_kv(2));
+    assert_ne!(
+        first.hash_kv(2),
+        first.hash_kv(3),
+        "a later revision covers more history"
+    );
+    put(&mut second, "other", "x");
+    assert_ne!(
+        first.hash_kv(0).map(|h| h.0),
+        second.hash_kv(0).map(|h| h.0)
+    );
+    assert_eq!(
+        first.hash_kv(3),
+        second.hash_kv(3),
+        "history up to a shared revision still agrees"
+    );
+    assert_eq!(first.hash_kv(99), Err(ERR_FUTURE_REV));
+}

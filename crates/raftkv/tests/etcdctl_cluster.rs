@@ -351,6 +351,25 @@ fn etcdctl_commands_against_a_three_member_cluster() {
         "one term: {terms:?}"
     );
 
+    // Every member applied the same history: their checksums agree.
+    cluster.wait_until(
+        Duration::from_secs(10),
+        "every member reports the same hashkv",
+        |cluster| {
+            let hashes = cluster.json(&["endpoint", "hashkv"]);
+            let hashes: Vec<u64> = hashes
+                .as_array()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|entry| entry["HashKV"]["hash"].as_u64())
+                        .collect()
+                })
+                .unwrap_or_default();
+            hashes.len() == 3 && hashes.windows(2).all(|pair| pair[0] == pair[1])
+        },
+    );
+
     let health = cluster.etcdctl(&["endpoint", "health"]);
     assert!(health.status.success());
     assert_eq!(

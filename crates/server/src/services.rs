@@ -354,18 +354,48 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         not_yet("Maintenance.Defragment")
     }
 
+    /// The whole store's checksum at this member (local, not linearizable,
+    /// as in etcd).
     async fn hash(
         &self,
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        not_yet("Maintenance.Hash")
+        let context = &self.0;
+        let state = context
+            .state
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let (hash, _) = state
+            .store
+            .hash_kv(0)
+            .map_err(|error| apply_error_status(&error))?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(context.header(state.store.current_revision())),
+            hash,
+        }))
     }
 
+    /// The checksum of the history up to a revision at this member; equal on
+    /// members that applied the same log.
     async fn hash_kv(
         &self,
-        _: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        not_yet("Maintenance.HashKV")
+        let context = &self.0;
+        let revision = request.into_inner().revision;
+        let state = context
+            .state
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let (hash, compact_revision) = state
+            .store
+            .hash_kv(revision)
+            .map_err(|error| apply_error_status(&error))?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(context.header(state.store.current_revision())),
+            hash,
+            compact_revision,
+        }))
     }
 
     async fn snapshot(
