@@ -616,3 +616,42 @@ fn without_a_quorum_writes_fail_with_unavailable_in_bounded_time() {
         },
     );
 }
+
+#[test]
+fn move_leader_hands_leadership_to_the_chosen_member() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, "move-leader", &[]);
+    let leader = cluster.leader_position().expect("a leader");
+    let target = (leader + 1) % 3;
+    let statuses = cluster.json(&["endpoint", "status"]);
+    let target_endpoint = format!(":{}", cluster.members[target].client_port);
+    let target_id = statuses
+        .as_array()
+        .and_then(|entries| {
+            entries.iter().find_map(|entry| {
+                entry["Endpoint"]
+                    .as_str()
+                    .filter(|endpoint| endpoint.ends_with(&target_endpoint))
+                    .and_then(|_| entry["Status"]["header"]["member_id"].as_u64())
+            })
+        })
+        .expect("the target's member id");
+    let leader_endpoint = format!("127.0.0.1:{}", cluster.members[leader].client_port);
+    let output = cluster.etcdctl_at(
+        &leader_endpoint,
+        &["move-leader", &format!("{target_id:x}")],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "move-leader failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Leadership transferred"));
+    cluster.wait_until(Duration::from_secs(10), "the target leads", |cluster| {
+        cluster.leader_position() == Some(target)
+    });
+    cluster.run(&["put", "after-move", "ok"]);
+}
