@@ -754,7 +754,9 @@ fn removing_the_leader_hands_over_to_the_remaining_voters() {
         .propose_conf_change(leader, change(ConfChangeKind::Remove, leader))
         .expect("remove leader");
     assert!(
-        cluster.run_until(30 * ELECTION, |c| c.leader().is_some_and(|l| l != leader)),
+        // The removed leader hands over with TimeoutNow: a successor within an
+        // election timeout, not after one.
+        cluster.run_until(ELECTION, |c| c.leader().is_some_and(|l| l != leader)),
         "{}",
         cluster.describe()
     );

@@ -1317,6 +1317,19 @@ impl Raft {
                         id = self.id,
                         "removed from the voters while leading; stepping down"
                     );
+                    // Hand over at once to a remaining voter that has our
+                    // whole log, rather than leave the cluster leaderless
+                    // for an election timeout (its members still honour our
+                    // lease).
+                    let last_index = self.log.last_index();
+                    let successor = self.conf.voters.iter().copied().find(|voter| {
+                        self.progress
+                            .get(voter)
+                            .is_some_and(|p| p.match_index == last_index)
+                    });
+                    if let Some(successor) = successor {
+                        self.send(successor, MessageBody::TimeoutNow);
+                    }
                     self.become_follower(self.term, NO_NODE);
                     return;
                 }
