@@ -123,6 +123,12 @@ struct DevFlags {
     /// Where the three members keep their data (one folder each).
     #[arg(long, default_value = "raftkv-data")]
     data_dir: PathBuf,
+    /// Client ports of the three members, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = DEV_CLIENT_PORTS)]
+    client_ports: Vec<u16>,
+    /// Peer ports of the three members, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = DEV_PEER_PORTS)]
+    peer_ports: Vec<u16>,
 }
 
 /// Ports of `raftkv dev`: member N listens for clients on CLIENT_PORTS[N]
@@ -228,10 +234,15 @@ fn open_log_and_raft(config: &ResolvedConfig) -> anyhow::Result<(FileLog, Raft)>
 }
 
 async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {
+    if flags.client_ports.len() != 3 || flags.peer_ports.len() != 3 {
+        anyhow::bail!(
+            "--client-ports and --peer-ports take three ports each (e.g. --client-ports 2379,22379,32379)"
+        );
+    }
     let names = ["dev1", "dev2", "dev3"];
     let initial_cluster = names
         .iter()
-        .zip(DEV_PEER_PORTS)
+        .zip(flags.peer_ports.iter())
         .map(|(name, port)| format!("{name}=http://127.0.0.1:{port}"))
         .collect::<Vec<_>>()
         .join(",");
@@ -240,8 +251,8 @@ async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {
         let config = ServerConfig {
             name: name.to_string(),
             data_dir: Some(flags.data_dir.join(name)),
-            listen_client_urls: vec![format!("http://127.0.0.1:{}", DEV_CLIENT_PORTS[position])],
-            listen_peer_urls: vec![format!("http://127.0.0.1:{}", DEV_PEER_PORTS[position])],
+            listen_client_urls: vec![format!("http://127.0.0.1:{}", flags.client_ports[position])],
+            listen_peer_urls: vec![format!("http://127.0.0.1:{}", flags.peer_ports[position])],
             initial_cluster: Some(initial_cluster.clone()),
             initial_cluster_token: "raftkv-dev".to_string(),
             ..ServerConfig::default()
@@ -249,7 +260,8 @@ async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {
         .resolve()?;
         configs.push(config);
     }
-    let endpoints = DEV_CLIENT_PORTS
+    let endpoints = flags
+        .client_ports
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))
         .collect::<Vec<_>>()
@@ -262,7 +274,7 @@ async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })));
     }
-    print_dev_banner(&flags.data_dir, &endpoints);
+    print_dev_banner(&flags.data_dir, &endpoints, &flags.peer_ports);
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let mut failure = None;
@@ -279,13 +291,13 @@ async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {
     }
 }
 
-fn print_dev_banner(data_dir: &Path, endpoints: &str) {
+fn print_dev_banner(data_dir: &Path, endpoints: &str, peer_ports: &[u16]) {
     println!(
         "raftkv dev: three members on loopback, data in {}",
         data_dir.display()
     );
     println!("  client endpoints: {endpoints}");
-    println!("  peer ports:       {:?}", DEV_PEER_PORTS);
+    println!("  peer ports:       {peer_ports:?}");
     println!("try:");
     println!("  etcdctl --endpoints={endpoints} put a 1");
     println!("  etcdctl --endpoints={endpoints} get a");

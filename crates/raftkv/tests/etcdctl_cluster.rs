@@ -655,3 +655,88 @@ fn move_leader_hands_leadership_to_the_chosen_member() {
     });
     cluster.run(&["put", "after-move", "ok"]);
 }
+
+/// The README's first command: `raftkv dev` starts three members, prints
+/// endpoints that etcdctl can use at once, and Ctrl-C stops all three.
+#[test]
+fn dev_runs_a_local_cluster_that_etcdctl_can_use_and_ctrl_c_stops_it() {
+    if !etcdctl_available() {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("raftkv-it-dev-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let client_ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+    let peer_ports: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .arg("dev")
+        .args(["--data-dir", &root.display().to_string()])
+        .args(["--client-ports", &client_ports.join(",")])
+        .args(["--peer-ports", &peer_ports.join(",")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn raftkv dev");
+    // Kill and clean up even if an assertion fails.
+    struct Guard(Child, PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let mut guard = Guard(child, root);
+    let mut stdout = std::io::BufReader::new(guard.0.stdout.take().expect("stdout"));
+    let mut banner = String::new();
+    let endpoints = loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).expect("read the banner");
+        assert!(
+            read > 0,
+            "raftkv dev exited early; banner so far:\n{banner}"
+        );
+        banner.push_str(&line);
+        if let Some(rest) = line.trim().strip_prefix("client endpoints:") {
+            break rest.trim().to_string();
+        }
+    };
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !etcdctl(&["put", "a", "1"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the dev cluster never accepted a write"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&etcdctl(&["get", "a"]).stdout),
+        "a\n1\n"
+    );
+
+    let pid = guard.0.id().to_string();
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "Ctrl-C must stop all three cleanly, got {status:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "raftkv dev did not stop within 15 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
