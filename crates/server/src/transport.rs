@@ -386,6 +386,17 @@ impl wire::peer_server::Peer for PeerService {
                         return;
                     }
                     match message_from_wire(message) {
+                        Ok(message)
+                            if matches!(
+                                message.body,
+                                raft::MessageBody::InstallSnapshot { .. }
+                            ) =>
+                        {
+                            tracing::warn!(
+                                from,
+                                "dropping a snapshot sent on the raft stream (it carries no data)"
+                            );
+                        }
                         Ok(message) => {
                             if events
                                 .send(TransportEvent::Received(message))
