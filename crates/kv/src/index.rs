@@ -24,13 +24,13 @@ impl Revision {
 /// One life of a key: created at `revisions[0]`, then modified; ended by a
 /// deletion at `deleted`, if it was.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Generation {
+pub(crate) struct Generation {
     /// The creating put; kept after compaction drops its revision.
-    created: Revision,
+    pub(crate) created: Revision,
     /// Version of `revisions[0]` (1 until compaction drops older ones).
-    first_version: i64,
-    revisions: Vec<Revision>,
-    deleted: Option<Revision>,
+    pub(crate) first_version: i64,
+    pub(crate) revisions: Vec<Revision>,
+    pub(crate) deleted: Option<Revision>,
 }
 
 /// What the index knows of one visible version of a key.
@@ -43,9 +43,9 @@ pub struct VersionInfo {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct KeyHistory {
+pub(crate) struct KeyHistory {
     /// Oldest first. Invariant: only the last generation may be open.
-    generations: Vec<Generation>,
+    pub(crate) generations: Vec<Generation>,
 }
 
 impl KeyHistory {
@@ -80,7 +80,7 @@ impl KeyHistory {
 
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    keys: BTreeMap<Bytes, KeyHistory>,
+    pub(crate) keys: BTreeMap<Bytes, KeyHistory>,
 }
 
 impl KeyIndex {

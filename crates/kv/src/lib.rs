@@ -9,7 +9,9 @@
 //! persistence of the state lives below it.
 
 pub mod index;
+pub mod snapshot;
 pub mod store;
 
 pub use index::{KeyIndex, Revision};
+pub use snapshot::SnapshotDecodeError;
 pub use store::{validate_range, validate_request, ApplyError, Store};

@@ -79,21 +79,21 @@ pub const ERR_EMPTY_REQUEST: ApplyError =
     ApplyError::new(code::INVALID_ARGUMENT, "etcdserver: empty request");
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct StoredValue {
-    value: Bytes,
-    lease: i64,
+pub(crate) struct StoredValue {
+    pub(crate) value: Bytes,
+    pub(crate) lease: i64,
 }
 
 /// The store. Revisions start at 1 on a fresh store.
 #[derive(Debug)]
 pub struct Store {
-    index: KeyIndex,
-    values: BTreeMap<Revision, StoredValue>,
-    current_revision: i64,
-    compacted_revision: i64,
+    pub(crate) index: KeyIndex,
+    pub(crate) values: BTreeMap<Revision, StoredValue>,
+    pub(crate) current_revision: i64,
+    pub(crate) compacted_revision: i64,
     /// Bytes of keys and values held, every version counted (what etcd
     /// reports as the database size in use).
-    stored_bytes: u64,
+    pub(crate) stored_bytes: u64,
 }
 
 impl Default for Store {
