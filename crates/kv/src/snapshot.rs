@@ -96,7 +96,10 @@ impl Store {
         let mut previous_key: Option<Bytes> = None;
         for _ in 0..key_count {
             let key = input.blob()?;
-            if previous_key.as_ref().is_some_and(|previous| *previous >= key) {
+            if previous_key
+                .as_ref()
+                .is_some_and(|previous| *previous >= key)
+            {
                 return Err(malformed("keys out of order"));
             }
             let generation_count = input.u32()?;

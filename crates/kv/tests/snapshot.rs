@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use kv::Store;
-use prost::Message as _;
 use proptest::prelude::*;
+use prost::Message as _;
 use proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
 use proto::internal::{internal_request, InternalRequest};
 
@@ -91,7 +91,10 @@ fn damage_is_refused_not_misread() {
     let mut bytes = Vec::new();
     store.write_snapshot(&mut bytes).expect("write");
     for cut in [0, 7, 8, 30, bytes.len() / 2, bytes.len() - 1] {
-        assert!(Store::read_snapshot(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            Store::read_snapshot(&mut &bytes[..cut]).is_err(),
+            "cut at {cut}"
+        );
     }
     let mut bad_magic = bytes.clone();
     bad_magic[0] ^= 1;

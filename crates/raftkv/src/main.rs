@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use raft::{InitialState, Raft};
+use raft::Raft;
 use server::config::{InitialClusterState, ResolvedConfig, ServerConfig};
-use server::file_log::FileLog;
 use server::node::raft_config;
 use server::server::{bootstrap_raft, run, Listeners};
+use server::storage::{open_member_storage, MemberStorage};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,14 @@ struct ServerFlags {
     election_timeout: Option<u64>,
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT")]
     snapshot_count: Option<u64>,
+    /// Entries kept in the log after a snapshot, for followers slightly
+    /// behind (etcd 3.5 calls it --experimental-snapshot-catchup-entries).
+    #[arg(
+        long,
+        env = "RAFTKV_SNAPSHOT_CATCHUP_ENTRIES",
+        alias = "experimental-snapshot-catchup-entries"
+    )]
+    snapshot_catchup_entries: Option<u64>,
     #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES")]
     quota_backend_bytes: Option<u64>,
     #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES")]
@@ -104,6 +112,7 @@ impl ServerFlags {
             heartbeat_interval,
             election_timeout,
             snapshot_count,
+            snapshot_catchup_entries,
             quota_backend_bytes,
             max_request_bytes,
             max_txn_ops
@@ -188,49 +197,54 @@ async fn run_member(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
-    let (log, raft) = open_log_and_raft(&config)?;
-    run(config, listeners, log, raft, shutdown).await?;
+    let (storage, raft) = open_storage_and_raft(&config)?;
+    run(
+        config,
+        listeners,
+        storage.log,
+        storage.snapshots,
+        storage.restored,
+        raft,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
-/// Restarts from the data dir if it holds a log (bootstrap flags are then
-/// ignored), else bootstraps a new cluster.
-fn open_log_and_raft(config: &ResolvedConfig) -> anyhow::Result<(FileLog, Raft)> {
-    let wal_dir = config.data_dir.join("member");
-    let (log, recovered) = FileLog::open(&wal_dir)?;
-    let has_state = recovered.hard_state.term > 0 || !recovered.entries.is_empty();
-    let raft = if has_state {
-        tracing::info!(
-            data_dir = %config.data_dir.display(),
-            entries = recovered.entries.len(),
-            term = recovered.hard_state.term,
-            "restarting from the existing data dir; bootstrap flags are ignored"
-        );
-        Raft::new(
-            raft_config(
-                config.member_id,
-                config.heartbeat_interval_ms,
-                config.election_timeout_ms,
-                config.member_id ^ 0x5eed,
-            ),
-            InitialState {
-                hard_state: recovered.hard_state,
-                snapshot: None,
-                entries: recovered.entries,
-                applied: 0,
-            },
-        )?
-    } else {
-        match config.initial_cluster_state {
+/// Restarts from the data dir if it holds a log or a snapshot (bootstrap
+/// flags are then ignored), else bootstraps a new cluster.
+fn open_storage_and_raft(config: &ResolvedConfig) -> anyhow::Result<(MemberStorage, Raft)> {
+    let mut storage = open_member_storage(&config.data_dir, wal::DEFAULT_SEGMENT_BYTES)
+        .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
+    let raft = match storage.initial.take() {
+        Some(initial) => {
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                snapshot_index = initial.applied,
+                entries = initial.entries.len(),
+                term = initial.hard_state.term,
+                "restarting from the existing data dir; bootstrap flags are ignored"
+            );
+            Raft::new(
+                raft_config(
+                    config.member_id,
+                    config.heartbeat_interval_ms,
+                    config.election_timeout_ms,
+                    config.member_id ^ 0x5eed,
+                ),
+                initial,
+            )?
+        }
+        None => match config.initial_cluster_state {
             InitialClusterState::New => bootstrap_raft(config)?,
             InitialClusterState::Existing => anyhow::bail!(
                 "--initial-cluster-state=existing with an empty data dir {}: joining a running cluster \
                  (member add) is not supported yet; start with --initial-cluster-state=new",
                 config.data_dir.display()
             ),
-        }
+        },
     };
-    Ok((log, raft))
+    Ok((storage, raft))
 }
 
 async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {

@@ -44,6 +44,9 @@ struct TestCluster {
     members: Vec<Member>,
     root: PathBuf,
     extra_args: Vec<String>,
+    /// RUST_LOG for the members. Their stderr is a pipe read only when a
+    /// member is stopped, so this must stay quiet enough not to fill it.
+    log_filter: String,
 }
 
 impl TestCluster {
@@ -64,6 +67,7 @@ impl TestCluster {
             members,
             root,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            log_filter: "warn,server::server=info".to_string(),
         };
         for position in 0..size {
             cluster.start_member(position);
@@ -113,7 +117,7 @@ impl TestCluster {
             .args(["--initial-cluster-token", "raftkv-it"])
             .args(timings)
             .args(&self.extra_args)
-            .env("RUST_LOG", "warn,server::server=info")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -739,4 +743,181 @@ fn dev_runs_a_local_cluster_that_etcdctl_can_use_and_ctrl_c_stops_it() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Puts `count` keys `{prefix}{n:05}` = `v{n}` through the gRPC API, 32
+/// requests in flight.
+fn put_many(endpoint: &str, prefix: &str, count: usize) {
+    use proto::etcdserverpb as pb;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoint = format!("http://{endpoint}");
+    let prefix = prefix.to_string();
+    runtime.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let workers = 32;
+        let tasks: Vec<_> = (0..workers)
+            .map(|worker| {
+                let mut client = pb::kv_client::KvClient::new(channel.clone());
+                let prefix = prefix.clone();
+                tokio::spawn(async move {
+                    for n in (worker..count).step_by(workers) {
+                        let request = pb::PutRequest {
+                            key: bytes::Bytes::from(format!("{prefix}{n:05}")),
+                            value: bytes::Bytes::from(format!("v{n}")),
+                            ..pb::PutRequest::default()
+                        };
+                        client.put(request).await.expect("put acknowledged");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("writer task");
+        }
+    });
+}
+
+#[test]
+fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(
+        3,
+        "snapshot-catchup",
+        &[
+            "--snapshot-count",
+            "1000",
+            "--snapshot-catchup-entries",
+            "100",
+        ],
+    );
+    cluster.log_filter = "warn,server::server=info,server::node=info".to_string();
+    let leader = cluster.leader_position().expect("a leader");
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    // Restart it at once with the verbose log filter, then stop it again:
+    // its log (read at the end) must show where its state came from.
+    cluster.start_member(follower);
+    cluster.kill(follower);
+
+    let leader_endpoint = format!("127.0.0.1:{}", cluster.members[leader].client_port);
+    put_many(&leader_endpoint, "snap-", 10_000);
+
+    cluster.start_member(follower);
+    let follower_endpoint = format!("127.0.0.1:{}", cluster.members[follower].client_port);
+    cluster.wait_until(
+        Duration::from_secs(60),
+        "the stopped follower has caught up",
+        |cluster| {
+            let output = cluster.etcdctl_at(
+                &follower_endpoint,
+                &["get", "snap-09999", "--print-value-only", "--consistency=s"],
+                None,
+            );
+            String::from_utf8_lossy(&output.stdout) == "v9999\n"
+        },
+    );
+    let count = cluster.etcdctl_at(
+        &follower_endpoint,
+        &[
+            "get",
+            "snap-",
+            "--prefix",
+            "--limit=1",
+            "--consistency=s",
+            "-w",
+            "json",
+        ],
+        None,
+    );
+    let count: serde_json::Value = serde_json::from_slice(&count.stdout).unwrap_or_else(|error| {
+        panic!(
+            "etcdctl printed no JSON ({error}): {}{}",
+            String::from_utf8_lossy(&count.stdout),
+            String::from_utf8_lossy(&count.stderr)
+        )
+    });
+    assert_eq!(
+        count["count"].as_u64(),
+        Some(10_000),
+        "every key reached the follower"
+    );
+
+    // Every member holds the same history.
+    let hashes = cluster.json(&["endpoint", "hashkv"]);
+    let hashes: Vec<u64> = hashes
+        .as_array()
+        .expect("one entry per member")
+        .iter()
+        .map(|entry| entry["HashKV"]["hash"].as_u64().expect("hash"))
+        .collect();
+    assert_eq!(hashes.len(), 3);
+    assert!(
+        hashes.windows(2).all(|pair| pair[0] == pair[1]),
+        "hashes differ: {hashes:?}"
+    );
+
+    let (_, log) = cluster.terminate(follower);
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "the follower caught up from a snapshot, not the log:\n{log}"
+    );
+    let snapshots: Vec<_> =
+        std::fs::read_dir(cluster.members[follower].data_dir.join("member/snap"))
+            .expect("snapshot dir")
+            .collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot file is kept");
+
+    // Every member restarts from its snapshot and the rest of its log.
+    for position in 0..3 {
+        if position != follower {
+            let (status, _) = cluster.terminate(position);
+            assert!(status.success());
+        }
+    }
+    for position in 0..3 {
+        cluster.start_member(position);
+    }
+    cluster.wait_until(
+        Duration::from_secs(30),
+        "the restarted cluster answers",
+        |cluster| cluster.etcdctl_ok(&["put", "after-restart", "1"]),
+    );
+    for position in 0..3 {
+        let endpoint = format!("127.0.0.1:{}", cluster.members[position].client_port);
+        cluster.wait_until(
+            Duration::from_secs(30),
+            "every member has every key",
+            |cluster| {
+                let output = cluster.etcdctl_at(
+                    &endpoint,
+                    &[
+                        "get",
+                        "snap-",
+                        "--prefix",
+                        "--limit=1",
+                        "--consistency=s",
+                        "-w",
+                        "json",
+                    ],
+                    None,
+                );
+                serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                    .is_ok_and(|json| json["count"].as_u64() == Some(10_000))
+            },
+        );
+    }
+    let wal_segments = std::fs::read_dir(cluster.members[leader].data_dir.join("member/wal"))
+        .expect("wal dir")
+        .count();
+    assert!(wal_segments >= 1);
 }

@@ -9,9 +9,10 @@
 pub mod authority;
 pub mod config;
 pub mod convert;
-pub mod file_log;
 pub mod node;
 pub mod server;
 pub mod services;
+pub mod snapshot_transfer;
 pub mod state;
+pub mod storage;
 pub mod transport;

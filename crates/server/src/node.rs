@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft::{
-    ConfChange, Config, Entry, HardState, LogPosition, NodeId, Raft, RaftError, Ready, Role,
-    Snapshot, SnapshotMetadata,
+    ConfChange, ConfState, Config, Entry, HardState, LogPosition, NodeId, Raft, RaftError, Ready,
+    Role, Snapshot, SnapshotMetadata,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -35,18 +35,20 @@ use crate::transport::{Transport, TransportEvent};
 /// Durable storage for the Raft log. Implemented by the WAL in production
 /// and by memory in tests.
 pub trait LogStorage: Send + 'static {
-    /// Makes `snapshot` (a marker: the state machine holds the data),
+    /// Makes `installed_snapshot` (a marker: a snapshot from the leader
+    /// replaced the whole log; its data is already in a snapshot file),
     /// `entries` (replacing any stored suffix they overlap) and `hard_state`
     /// durable, with one sync, before returning.
     fn persist(
         &mut self,
         hard_state: Option<HardState>,
         entries: &[Entry],
-        snapshot: Option<&SnapshotMetadata>,
+        installed_snapshot: Option<&SnapshotMetadata>,
     ) -> Result<(), StorageError>;
 
-    /// Drops log entries up to `index`, which a durable snapshot covers.
-    fn compact(&mut self, index: u64) -> Result<(), StorageError>;
+    /// Records, durably, that the state machine's snapshot at `snapshot` is
+    /// on disk, so the log up to it is no longer needed; may drop it.
+    fn compacted(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
 }
 
 /// The replicated state machine, applied in log order on its own thread.
@@ -56,8 +58,13 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: u64, term: u64, payload: &[u8]) -> Result<Bytes, StorageError>;
     /// Records a configuration change entry as applied.
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), StorageError>;
-    /// Replaces the whole state by a snapshot received from the leader.
-    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Replaces the whole state by the snapshot `snapshot` describes, whose
+    /// data the transport has already made durable where the state machine
+    /// finds it.
+    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
+    /// Makes a durable image of the state as of the applied index, which
+    /// `snapshot` describes, before returning.
+    fn take_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
     fn applied_index(&self) -> u64;
 }
 
@@ -127,6 +134,8 @@ enum Input {
         target: NodeId,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// The applier made a durable snapshot; the log up to it may go.
+    SnapshotTaken(SnapshotMetadata),
     Stop,
 }
 
@@ -189,7 +198,7 @@ impl Waiters {
 pub struct NodeOptions {
     pub tick_interval: Duration,
     pub request_timeout: Duration,
-    /// Applied entries between snapshots.
+    /// Applied entries between snapshots of the state machine.
     pub snapshot_count: u64,
     /// Entries kept in the log after compaction for lagging followers.
     pub snapshot_catchup_entries: u64,
@@ -241,9 +250,18 @@ impl Node {
         });
 
         let apply_waiters = waiters.clone();
+        let applier = Applier {
+            batches: apply_rx,
+            applied: applied_tx,
+            waiters: apply_waiters,
+            raft_input: input_tx.clone(),
+            snapshot_count: options.snapshot_count,
+            last_snapshot_index: state_machine.applied_index(),
+            applied_term: 0,
+        };
         let apply_thread = std::thread::Builder::new()
             .name("raftkv-apply".to_string())
-            .spawn(move || run_applier(state_machine, apply_rx, applied_tx, apply_waiters))
+            .spawn(move || applier.run(state_machine))
             .ok();
         let raft_thread = std::thread::Builder::new()
             .name("raftkv-raft".to_string())
@@ -257,7 +275,6 @@ impl Node {
                     pending_reads: HashMap::new(),
                     next_read_id: 1,
                     options,
-                    applied_since_snapshot: 0,
                 };
                 driver.run(input_rx);
             })
@@ -428,6 +445,9 @@ fn node_error(error: RaftError) -> NodeError {
 struct ApplyBatch {
     snapshot: Option<Snapshot>,
     entries: Vec<Entry>,
+    /// Membership as of the last entry of the batch (Raft applies a
+    /// configuration change when it hands the entry out).
+    conf_state: ConfState,
 }
 
 struct Driver<L: LogStorage> {
@@ -440,7 +460,6 @@ struct Driver<L: LogStorage> {
     pending_reads: HashMap<u64, Vec<oneshot::Sender<Result<u64, NodeError>>>>,
     next_read_id: u64,
     options: NodeOptions,
-    applied_since_snapshot: u64,
 }
 
 impl<L: LogStorage> Driver<L> {
@@ -470,6 +489,16 @@ impl<L: LogStorage> Driver<L> {
                     Input::TransferLeadership { target, done } => {
                         let _ =
                             done.send(self.raft.transfer_leadership(target).map_err(node_error));
+                    }
+                    Input::Transport(TransportEvent::SnapshotSent { peer, delivered }) => {
+                        self.raft.report_snapshot(peer, delivered)
+                    }
+                    Input::SnapshotTaken(snapshot) => {
+                        if let Err(error) = self.compact_to_snapshot(snapshot) {
+                            tracing::error!(%error, "recording a snapshot failed; stopping the node");
+                            self.fail_pending(NodeError::Stopped);
+                            return;
+                        }
                     }
                     Input::Stop => {
                         self.fail_pending(NodeError::Stopped);
@@ -566,45 +595,55 @@ impl<L: LogStorage> Driver<L> {
                 }
             }
         }
-        let applied_now = ready.committed_entries.len() as u64;
         if ready.snapshot.is_some() || !ready.committed_entries.is_empty() {
             let batch = ApplyBatch {
                 snapshot: ready.snapshot.take(),
                 entries: std::mem::take(&mut ready.committed_entries),
+                conf_state: self.raft.conf_state().clone(),
             };
             if self.apply.send(batch).is_err() {
                 return Err(StorageError("the apply thread stopped".to_string()));
             }
         }
         self.raft.advance(ready);
-        self.applied_since_snapshot += applied_now;
-        if self.applied_since_snapshot >= self.options.snapshot_count {
-            self.applied_since_snapshot = 0;
-            self.snapshot_and_compact()?;
-        }
         Ok(())
     }
 
-    /// For a state machine that is durable on its own (its applied index
-    /// stored with its data), a Raft snapshot is only a marker: the log
-    /// before it can go, and lagging followers are streamed the state
-    /// machine's data. The in-memory state machine the server runs today is
-    /// not durable, so the server sets `snapshot_count` to `u64::MAX` and
-    /// this never runs there; it is exercised by the durable backend's work.
-    fn snapshot_and_compact(&mut self) -> Result<(), StorageError> {
-        let applied = self.raft.applied_index();
-        let snapshot = self
-            .raft
-            .create_snapshot(applied, Bytes::new())
-            .map_err(|error| StorageError(error.to_string()))?;
-        let compact_to = applied.saturating_sub(self.options.snapshot_catchup_entries);
-        self.log.persist(None, &[], Some(&snapshot.metadata))?;
+    /// The state machine's image at `snapshot` is durable: tell Raft (so it
+    /// can send it to followers too far behind), mark it in the log, and
+    /// drop the log before it but for `snapshot_catchup_entries`, which a
+    /// slow follower can still be sent instead of the whole snapshot.
+    fn compact_to_snapshot(&mut self, snapshot: SnapshotMetadata) -> Result<(), StorageError> {
+        if snapshot.index < self.raft.first_index().saturating_sub(1) {
+            // A snapshot from the leader overtook it; nothing to do.
+            return Ok(());
+        }
+        let created = match self.raft.create_snapshot(snapshot.index, Bytes::new()) {
+            Ok(created) => created,
+            Err(error) => {
+                tracing::debug!(%error, index = snapshot.index, "not recording a snapshot Raft has passed");
+                return Ok(());
+            }
+        };
+        debug_assert_eq!(
+            created.metadata, snapshot,
+            "the applier's snapshot metadata must match Raft's view of the same index"
+        );
+        self.log.compacted(&created.metadata)?;
+        let compact_to = snapshot
+            .index
+            .saturating_sub(self.options.snapshot_catchup_entries);
         if compact_to > 0 {
             self.raft
                 .compact_log(compact_to)
                 .map_err(|error| StorageError(error.to_string()))?;
-            self.log.compact(compact_to)?;
         }
+        tracing::info!(
+            index = snapshot.index,
+            term = snapshot.term,
+            log_first_index = self.raft.first_index(),
+            "snapshot taken; log compacted"
+        );
         Ok(())
     }
 
@@ -632,19 +671,61 @@ impl<L: LogStorage> Driver<L> {
     }
 }
 
-fn run_applier<S: StateMachine>(
-    mut state_machine: S,
+/// The apply thread: feeds committed entries to the state machine in log
+/// order, answers the proposers waiting on them, and every
+/// `snapshot_count` applied entries has the state machine write a snapshot.
+struct Applier {
     batches: std::sync::mpsc::Receiver<ApplyBatch>,
     applied: watch::Sender<u64>,
     waiters: Arc<Waiters>,
-) {
-    while let Ok(batch) = batches.recv() {
-        if let Some(snapshot) = &batch.snapshot {
-            if let Err(error) = state_machine.install_snapshot(snapshot) {
-                tracing::error!(%error, index = snapshot.metadata.index, "installing a snapshot failed; stopping");
+    raft_input: mpsc::UnboundedSender<Input>,
+    snapshot_count: u64,
+    last_snapshot_index: u64,
+    /// Term of the last applied entry (or installed snapshot).
+    applied_term: u64,
+}
+
+impl Applier {
+    fn run<S: StateMachine>(mut self, mut state_machine: S) {
+        while let Ok(batch) = self.batches.recv() {
+            if let Err(error) = self.apply_batch(&mut state_machine, &batch) {
+                // The state machine could not record committed work:
+                // continuing would diverge from the other members.
+                tracing::error!(%error, "the state machine failed; stopping");
                 return;
             }
-            applied.send_replace(state_machine.applied_index());
+            let applied = state_machine.applied_index();
+            if applied >= self.last_snapshot_index.saturating_add(self.snapshot_count) {
+                let snapshot = SnapshotMetadata {
+                    index: applied,
+                    term: self.applied_term,
+                    conf_state: batch.conf_state.clone(),
+                };
+                if let Err(error) = state_machine.take_snapshot(&snapshot) {
+                    tracing::error!(%error, index = applied, "writing a snapshot failed; stopping");
+                    return;
+                }
+                self.last_snapshot_index = applied;
+                let _ = self.raft_input.send(Input::SnapshotTaken(snapshot));
+            }
+        }
+    }
+
+    fn apply_batch<S: StateMachine>(
+        &mut self,
+        state_machine: &mut S,
+        batch: &ApplyBatch,
+    ) -> Result<(), StorageError> {
+        if let Some(snapshot) = &batch.snapshot {
+            state_machine.install_snapshot(&snapshot.metadata)?;
+            tracing::info!(
+                index = snapshot.metadata.index,
+                term = snapshot.metadata.term,
+                "installed a snapshot from the leader"
+            );
+            self.applied_term = snapshot.metadata.term;
+            self.last_snapshot_index = snapshot.metadata.index;
+            self.applied.send_replace(state_machine.applied_index());
         }
         for entry in &batch.entries {
             let framed = match entry.kind {
@@ -653,33 +734,27 @@ fn run_applier<S: StateMachine>(
             };
             let result = match (entry.kind, framed) {
                 (raft::EntryKind::Normal, Some((_, payload))) => {
-                    state_machine.apply(entry.index, entry.term, payload)
+                    state_machine.apply(entry.index, entry.term, payload)?
                 }
                 // A new leader's empty entry changes nothing but the index.
                 (raft::EntryKind::Normal, None) => {
-                    state_machine.apply(entry.index, entry.term, &[])
+                    state_machine.apply(entry.index, entry.term, &[])?
                 }
-                (raft::EntryKind::ConfChange, _) => state_machine
-                    .apply_conf_change(entry)
-                    .map(|()| Bytes::new()),
-            };
-            let result = match result {
-                Ok(result) => result,
-                Err(error) => {
-                    // The state machine could not record a committed entry:
-                    // continuing would diverge from the other members.
-                    tracing::error!(%error, index = entry.index, "applying a committed entry failed; stopping");
-                    return;
+                (raft::EntryKind::ConfChange, _) => {
+                    state_machine.apply_conf_change(entry)?;
+                    Bytes::new()
                 }
             };
+            self.applied_term = entry.term;
             if let Some((request_id, _)) = framed {
-                let waiter = waiters.lock().remove(&request_id);
+                let waiter = self.waiters.lock().remove(&request_id);
                 if let Some(done) = waiter {
                     let _ = done.send(Ok(result));
                 }
             }
-            applied.send_replace(entry.index);
+            self.applied.send_replace(entry.index);
         }
+        Ok(())
     }
 }
 

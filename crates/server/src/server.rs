@@ -14,6 +14,7 @@ use raft::Raft;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use wal::SnapshotFiles;
 
 use tokio_stream::StreamExt as _;
 
@@ -23,7 +24,7 @@ use crate::node::{raft_config, LogStorage, Node, NodeOptions};
 use crate::services::{
     ClusterService, KvService, LeaseService, MaintenanceService, ServiceContext, WatchService,
 };
-use crate::state::{KvStateMachine, MemberInfo, SharedState};
+use crate::state::{KvStateMachine, MemberInfo, ReplicatedState, SharedState};
 use crate::transport::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX};
 
 /// How long in-flight client requests may take to finish at shutdown.
@@ -45,6 +46,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("the node stopped after a storage failure (see the log above); nothing more is acknowledged")]
     NodeFailed,
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// Listeners bound before anything else, so a port conflict is reported at
@@ -76,11 +79,14 @@ impl Listeners {
     }
 }
 
-/// Runs a member until `shutdown` resolves.
+/// Runs a member until `shutdown` resolves. `restored` is the state machine
+/// read from the newest snapshot in `snapshots`, if any.
 pub async fn run<L: LogStorage>(
     config: ResolvedConfig,
     listeners: Listeners,
     log: L,
+    snapshots: SnapshotFiles,
+    restored: Option<ReplicatedState>,
     raft: Raft,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -89,9 +95,10 @@ pub async fn run<L: LogStorage>(
         member_id: config.member_id,
     };
     let (events_tx, events_rx) = mpsc::channel(4096);
-    let peer_service = PeerService::new(identity, events_tx.clone());
+    let peer_service =
+        PeerService::new(identity, events_tx.clone()).with_snapshot_files(snapshots.clone());
     let node_slot = peer_service.node_slot();
-    let transport = Transport::new(identity, events_tx);
+    let transport = Transport::new(identity, events_tx).with_snapshot_files(snapshots.clone());
     let mut initial_members = BTreeMap::new();
     for member in &config.initial_members {
         transport.set_peer(member.id, member.peer_urls.clone());
@@ -104,7 +111,20 @@ pub async fn run<L: LogStorage>(
             },
         );
     }
-    let state = SharedState::new(initial_members);
+    let state = match restored {
+        Some(restored) => {
+            // The membership as of the snapshot, plus the configured peer
+            // addresses for anyone the snapshot does not know yet.
+            let mut restored = restored;
+            for (id, member) in initial_members {
+                restored.members.entry(id).or_insert(member);
+            }
+            SharedState::restored(restored)
+        }
+        None => SharedState::new(initial_members),
+    };
+    let state_machine = KvStateMachine::new(state.clone(), Some(snapshots))
+        .map_err(|error| ServerError::Storage(error.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut peer_servers = Vec::new();
@@ -128,15 +148,13 @@ pub async fn run<L: LogStorage>(
     let node = Node::start(
         raft,
         log,
-        KvStateMachine::new(state.clone()),
+        state_machine,
         transport.clone(),
         events_rx,
         NodeOptions {
             tick_interval: Duration::from_millis(config.heartbeat_interval_ms),
             request_timeout,
-            // The state machine is not durable yet: it is rebuilt from the
-            // log at start, so the log is never compacted.
-            snapshot_count: u64::MAX,
+            snapshot_count: config.snapshot_count,
             snapshot_catchup_entries: config.snapshot_catchup_entries,
         },
     );

@@ -11,21 +11,23 @@
 //!
 //! This module never blocks the Raft task: `send` only enqueues.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use proto::peer as wire;
 use proto::peer::peer_client::PeerClient;
-use raft::{Message, NodeId};
+use raft::{Message, MessageBody, NodeId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use wal::SnapshotFiles;
 
 use crate::convert::{message_from_wire, message_to_wire};
 use crate::node::{NodeError, NodeHandle};
+use crate::snapshot_transfer::{receive_snapshot, send_snapshot};
 
 /// Frames queued per peer before new ones are dropped.
 const PEER_QUEUE_FRAMES_MAX: usize = 1024;
@@ -43,6 +45,9 @@ pub enum TransportEvent {
     Received(Message),
     /// Messages to this peer were lost (queue full, stream broken).
     Unreachable(NodeId),
+    /// A snapshot transfer to `peer` ended: the peer stored it durably
+    /// (`delivered`), or the transfer failed.
+    SnapshotSent { peer: NodeId, delivered: bool },
 }
 
 /// Identity checked on every stream.
@@ -53,7 +58,7 @@ pub struct LocalIdentity {
 }
 
 impl LocalIdentity {
-    fn handshake_to(&self, to: NodeId) -> wire::Handshake {
+    pub(crate) fn handshake_to(&self, to: NodeId) -> wire::Handshake {
         wire::Handshake {
             cluster_id: self.cluster_id,
             from: self.member_id,
@@ -106,6 +111,14 @@ pub struct Transport {
     /// std Mutex: held only to look up or replace a queue, never across an
     /// await.
     peers: Arc<Mutex<HashMap<NodeId, PeerQueue>>>,
+    /// Where snapshots to send are read from; without it a snapshot send
+    /// is reported as failed at once.
+    snapshots: Option<SnapshotFiles>,
+    /// Snapshot transfers run as tasks started from the (non-async) Raft
+    /// thread, on the runtime the transport was created in.
+    runtime: Option<tokio::runtime::Handle>,
+    /// Peers a snapshot is being sent to: one transfer per peer at a time.
+    sending_snapshots: Arc<Mutex<HashSet<NodeId>>>,
 }
 
 impl Transport {
@@ -114,7 +127,80 @@ impl Transport {
             identity,
             events,
             peers: Arc::new(Mutex::new(HashMap::new())),
+            snapshots: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            sending_snapshots: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Snapshots Raft asks to send are streamed from `files`.
+    pub fn with_snapshot_files(mut self, files: SnapshotFiles) -> Self {
+        self.snapshots = Some(files);
+        self
+    }
+
+    /// Starts streaming the snapshot in `message` to its addressee, unless a
+    /// transfer to that peer is already running. The outcome comes back as
+    /// [`TransportEvent::SnapshotSent`].
+    fn send_snapshot(&self, message: &Message) {
+        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+            return;
+        };
+        let peer = message.to;
+        let channel = self
+            .lock_peers()
+            .get(&peer)
+            .and_then(|queue| queue.channel.clone());
+        let events = self.events.clone();
+        let (Some(files), Some(runtime), Some(channel)) =
+            (self.snapshots.clone(), self.runtime.clone(), channel)
+        else {
+            tracing::warn!(
+                peer,
+                "cannot send a snapshot: no snapshot files or no route to the peer"
+            );
+            let _ = events.try_send(TransportEvent::SnapshotSent {
+                peer,
+                delivered: false,
+            });
+            return;
+        };
+        {
+            let mut sending = self
+                .sending_snapshots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !sending.insert(peer) {
+                return;
+            }
+        }
+        let sending = self.sending_snapshots.clone();
+        let identity = self.identity;
+        let wire_message = message_to_wire(message);
+        let metadata = snapshot.metadata.clone();
+        runtime.spawn(async move {
+            tracing::info!(peer = format!("{peer:x}"), index = metadata.index, "sending a snapshot");
+            let index = metadata.index;
+            let result =
+                send_snapshot(identity, peer, channel, files, wire_message, metadata).await;
+            sending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&peer);
+            let delivered = match result {
+                Ok(bytes) => {
+                    tracing::info!(peer = format!("{peer:x}"), index, bytes, "snapshot sent");
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(peer = format!("{peer:x}"), index, %error, "sending a snapshot failed");
+                    false
+                }
+            };
+            let _ = events
+                .send(TransportEvent::SnapshotSent { peer, delivered })
+                .await;
+        });
     }
 
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerQueue>> {
@@ -201,6 +287,11 @@ impl Transport {
     pub fn send(&self, messages: Vec<Message>) {
         let mut by_peer: HashMap<NodeId, Vec<wire::RaftMessage>> = HashMap::new();
         for message in &messages {
+            if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                // Snapshots travel on their own call, data and all.
+                self.send_snapshot(message);
+                continue;
+            }
             by_peer
                 .entry(message.to)
                 .or_default()
@@ -326,6 +417,8 @@ pub struct PeerService {
     /// can reach it while the node restores its state).
     node: Arc<OnceLock<NodeHandle>>,
     request_timeout: Duration,
+    /// Where received snapshots are stored; without it they are refused.
+    snapshots: Option<SnapshotFiles>,
 }
 
 impl PeerService {
@@ -335,7 +428,14 @@ impl PeerService {
             events,
             node: Arc::new(OnceLock::new()),
             request_timeout: Duration::from_secs(5),
+            snapshots: None,
         }
+    }
+
+    /// Received snapshots are stored in `files`.
+    pub fn with_snapshot_files(mut self, files: SnapshotFiles) -> Self {
+        self.snapshots = Some(files);
+        self
     }
 
     /// Where forwarded proposals go; set once the node runs.
@@ -387,11 +487,10 @@ impl wire::peer_server::Peer for PeerService {
                     }
                     match message_from_wire(message) {
                         Ok(message)
-                            if matches!(
-                                message.body,
-                                raft::MessageBody::InstallSnapshot { .. }
-                            ) =>
+                            if matches!(message.body, MessageBody::InstallSnapshot { .. }) =>
                         {
+                            // Snapshots arrive on `InstallSnapshot` with their
+                            // data; one here has none and must not reach Raft.
                             tracing::warn!(
                                 from,
                                 "dropping a snapshot sent on the raft stream (it carries no data)"
@@ -439,10 +538,22 @@ impl wire::peer_server::Peer for PeerService {
                 ))
             }
         };
-        self.identity.admit(header.handshake.as_ref())?;
-        Err(Status::unimplemented(
-            "snapshot transfer between members is not built yet; the member catches up from the log",
-        ))
+        let from = self.identity.admit(header.handshake.as_ref())?;
+        let Some(files) = self.snapshots.clone() else {
+            return Err(Status::unimplemented(
+                "this member does not accept snapshots",
+            ));
+        };
+        let ack = receive_snapshot(
+            self.identity,
+            from,
+            header,
+            chunks,
+            files,
+            self.events.clone(),
+        )
+        .await?;
+        Ok(Response::new(ack))
     }
 
     async fn propose(

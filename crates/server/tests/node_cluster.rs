@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
-use raft::{Entry, HardState, Raft, Snapshot, SnapshotMetadata};
+use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
     raft_config, LogStorage, Node, NodeError, NodeHandle, NodeOptions, StateMachine, StorageError,
 };
@@ -36,8 +36,8 @@ impl LogStorage for MemoryLog {
         Ok(())
     }
 
-    fn compact(&mut self, index: u64) -> Result<(), StorageError> {
-        self.entries.retain(|entry| entry.index > index);
+    fn compacted(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
+        self.entries.retain(|entry| entry.index > snapshot.index);
         Ok(())
     }
 }
@@ -66,8 +66,12 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.applied_index = snapshot.metadata.index;
+    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
+        self.applied_index = snapshot.index;
+        Ok(())
+    }
+
+    fn take_snapshot(&mut self, _snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
         Ok(())
     }
 
@@ -244,7 +248,7 @@ impl LogStorage for FailingLog {
         Ok(())
     }
 
-    fn compact(&mut self, _index: u64) -> Result<(), StorageError> {
+    fn compacted(&mut self, _snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
         Ok(())
     }
 }

@@ -72,7 +72,7 @@ async fn messages_arrive_in_order_and_intact() {
     while got.len() < sent.len() {
         match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
             Ok(Some(TransportEvent::Received(message))) => got.push(message),
-            Ok(Some(TransportEvent::Unreachable(_))) => {}
+            Ok(Some(TransportEvent::Unreachable(_) | TransportEvent::SnapshotSent { .. })) => {}
             Ok(None) | Err(_) => panic!("only {} of {} messages arrived", got.len(), sent.len()),
         }
     }

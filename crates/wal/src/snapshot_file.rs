@@ -13,6 +13,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use raft::SnapshotMetadata;
@@ -26,6 +27,10 @@ const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
 const TRAILER_BYTES: u64 = 12;
 const METADATA_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Makes temporary names unique, so that two writers of the same snapshot
+/// (a member's own and one arriving from the leader) never share a file.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn file_name(metadata: &SnapshotMetadata) -> String {
     format!("{:016x}-{:016x}{SUFFIX}", metadata.term, metadata.index)
@@ -56,12 +61,34 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> WalError {
 }
 
 impl SnapshotFiles {
+    /// Opens the directory, removing temporaries a crash left behind (no
+    /// writer can be running yet).
     pub fn open(dir: &Path, fs: Arc<dyn FileSystem>) -> Result<Self, WalError> {
         fs.create_dir_all(dir).map_err(io_error(dir))?;
+        let mut removed = false;
+        for name in fs.list_dir(dir).map_err(io_error(dir))? {
+            if name.ends_with(TEMP_SUFFIX) {
+                let path = dir.join(&name);
+                fs.remove_file(&path).map_err(io_error(&path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            fs.sync_dir(dir).map_err(io_error(dir))?;
+        }
         Ok(SnapshotFiles {
             dir: dir.to_path_buf(),
             fs,
         })
+    }
+
+    /// Where the finished snapshot `metadata` describes lives.
+    pub fn path_for(&self, metadata: &SnapshotMetadata) -> PathBuf {
+        self.dir.join(file_name(metadata))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Starts writing the snapshot `metadata` describes. Nothing is visible
@@ -69,15 +96,12 @@ impl SnapshotFiles {
     pub fn create(&self, metadata: &SnapshotMetadata) -> Result<SnapshotWriter, WalError> {
         let final_path = self.dir.join(file_name(metadata));
         let temp_path = self.dir.join(format!(
-            "{:016x}-{:016x}{TEMP_SUFFIX}",
-            metadata.term, metadata.index
+            "{:016x}-{:016x}.{}-{}{TEMP_SUFFIX}",
+            metadata.term,
+            metadata.index,
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        // A temporary left by a crash is garbage; start over.
-        if self.fs.read(&temp_path).is_ok() {
-            self.fs
-                .remove_file(&temp_path)
-                .map_err(io_error(&temp_path))?;
-        }
         let mut file = self
             .fs
             .create_new(&temp_path)
@@ -97,6 +121,7 @@ impl SnapshotFiles {
             temp_path,
             final_path,
             metadata: metadata.clone(),
+            finished: false,
         })
     }
 
@@ -189,6 +214,16 @@ pub struct SnapshotWriter {
     temp_path: PathBuf,
     final_path: PathBuf,
     metadata: SnapshotMetadata,
+    finished: bool,
+}
+
+impl Drop for SnapshotWriter {
+    /// An abandoned snapshot (a transfer cut off) leaves no temporary behind.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.files.fs.remove_file(&self.temp_path);
+        }
+    }
 }
 
 impl SnapshotWriter {
@@ -213,6 +248,7 @@ impl SnapshotWriter {
             .map_err(io_error(&self.temp_path))?;
         fs.rename(&self.temp_path, &self.final_path)
             .map_err(io_error(&self.final_path))?;
+        self.finished = true;
         fs.sync_dir(&dir).map_err(io_error(&dir))?;
 
         let mut removed = false;
@@ -230,7 +266,7 @@ impl SnapshotWriter {
         if removed {
             fs.sync_dir(&dir).map_err(io_error(&dir))?;
         }
-        Ok(self.final_path)
+        Ok(self.final_path.clone())
     }
 }
 

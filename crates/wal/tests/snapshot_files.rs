@@ -101,7 +101,7 @@ fn a_crash_before_the_rename_keeps_the_previous_snapshot() {
         .expect("the old snapshot survives");
     assert_eq!(meta, metadata(10, 2));
     assert_eq!(read_all(&files, &path), data(3000, 1));
-    // A new snapshot after the crash clears the stale temporary as well.
+    // Reopening cleared the stale temporary; a new snapshot replaces the old.
     write(&files, &metadata(30, 3), &data(100, 3));
     assert_eq!(fs.list_dir(dir).expect("list").len(), 1);
 }
