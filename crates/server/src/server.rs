@@ -170,6 +170,7 @@ pub async fn run<L: LogStorage>(
         max_request_bytes: config.max_request_bytes,
         max_txn_ops: config.max_txn_ops as usize,
         version: VERSION,
+        unsafe_local_reads: unsafe_local_reads(),
     };
     // gRPC's own limit sits above ours so that an oversized request gets
     // etcd's "request is too large" rather than a transport error.
@@ -285,6 +286,23 @@ pub async fn run<L: LogStorage>(
         return Err(ServerError::NodeFailed);
     }
     Ok(())
+}
+
+/// The test-only switch that breaks linearizable reads (see
+/// `ServiceContext::unsafe_local_reads`). Release builds ignore it.
+fn unsafe_local_reads() -> bool {
+    let requested = std::env::var("RAFTKV_TEST_UNSAFE_LOCAL_READS").as_deref() == Ok("1");
+    if requested && cfg!(debug_assertions) {
+        tracing::warn!(
+            "RAFTKV_TEST_UNSAFE_LOCAL_READS=1: linearizable reads skip ReadIndex; \
+             this member may serve stale reads (a test fault, never for real use)"
+        );
+        return true;
+    }
+    if requested {
+        tracing::warn!("RAFTKV_TEST_UNSAFE_LOCAL_READS is ignored by release builds");
+    }
+    false
 }
 
 /// The initial Raft state of a member of a brand-new cluster.

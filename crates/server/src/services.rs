@@ -33,6 +33,10 @@ pub struct ServiceContext {
     pub max_request_bytes: u64,
     pub max_txn_ops: usize,
     pub version: &'static str,
+    /// Test-only fault (debug builds, `RAFTKV_TEST_UNSAFE_LOCAL_READS=1`):
+    /// serve linearizable reads from local state without ReadIndex, so that
+    /// the nemesis tests can show their checker catches stale reads.
+    pub unsafe_local_reads: bool,
 }
 
 /// etcd's text for a request over the size limit.
@@ -154,7 +158,7 @@ impl pb::kv_server::Kv for KvService {
         let context = &self.0;
         context.check_size(request.encoded_len())?;
         kv::validate_range(&request).map_err(|error| apply_error_status(&error))?;
-        if !request.serializable {
+        if !request.serializable && !context.unsafe_local_reads {
             context
                 .node
                 .linearizable_read_barrier(context.request_timeout)
