@@ -98,7 +98,10 @@ pub async fn run<L: LogStorage>(
     let peer_service =
         PeerService::new(identity, events_tx.clone()).with_snapshot_files(snapshots.clone());
     let node_slot = peer_service.node_slot();
-    let transport = Transport::new(identity, events_tx).with_snapshot_files(snapshots.clone());
+    let mut transport = Transport::new(identity, events_tx).with_snapshot_files(snapshots.clone());
+    if let Some(address) = config.listen_peer_addrs.first() {
+        transport = transport.with_local_address(address.ip());
+    }
     let mut initial_members = BTreeMap::new();
     for member in &config.initial_members {
         transport.set_peer(member.id, member.peer_urls.clone());

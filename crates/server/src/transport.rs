@@ -119,6 +119,10 @@ pub struct Transport {
     runtime: Option<tokio::runtime::Handle>,
     /// Peers a snapshot is being sent to: one transfer per peer at a time.
     sending_snapshots: Arc<Mutex<HashSet<NodeId>>>,
+    /// Source address of outbound peer connections: the address this member
+    /// listens on for peers, so that peers (and firewalls between them) see
+    /// its traffic come from where it says it is.
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl Transport {
@@ -130,7 +134,17 @@ impl Transport {
             snapshots: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
             sending_snapshots: Arc::new(Mutex::new(HashSet::new())),
+            local_address: None,
         }
+    }
+
+    /// Outbound peer connections leave from `address` (an address this
+    /// member listens on; unspecified addresses are ignored).
+    pub fn with_local_address(mut self, address: std::net::IpAddr) -> Self {
+        if !address.is_unspecified() {
+            self.local_address = Some(address);
+        }
+        self
     }
 
     /// Snapshots Raft asks to send are streamed from `files`.
@@ -228,12 +242,15 @@ impl Transport {
             urls.clone(),
             receiver,
             self.events.clone(),
+            self.local_address,
         ));
+        let local_address = self.local_address;
         let channel = urls
             .first()
             .and_then(|url| tonic::transport::Endpoint::from_shared(url.clone()).ok())
             .map(|endpoint| {
                 endpoint
+                    .local_address(local_address)
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .connect_lazy()
@@ -324,6 +341,7 @@ async fn run_peer_stream(
     urls: Vec<String>,
     mut queue: mpsc::Receiver<Vec<wire::RaftMessage>>,
     events: mpsc::Sender<TransportEvent>,
+    local_address: Option<std::net::IpAddr>,
 ) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     let mut attempt: usize = 0;
@@ -332,6 +350,7 @@ async fn run_peer_stream(
         attempt += 1;
         let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
             Ok(endpoint) => endpoint
+                .local_address(local_address)
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
