@@ -390,7 +390,16 @@ fn errors_carry_etcds_texts() {
     if !etcdctl_available() {
         return;
     }
-    let cluster = TestCluster::start(3, "errors", &["--max-request-bytes", "1024"]);
+    let cluster = TestCluster::start(
+        3,
+        "errors",
+        &[
+            "--max-request-bytes",
+            "1024",
+            "--quota-backend-bytes",
+            "6000",
+        ],
+    );
     assert_eq!(
         cluster.fail(&["put", "", "v"]),
         "Error: etcdserver: key is not provided"
@@ -426,6 +435,18 @@ fn errors_carry_etcds_texts() {
         cluster.fail(&["put", "big", &big]),
         "Error: etcdserver: request is too large"
     );
+    // The space quota: writes that add data are refused, deletes are not.
+    let value = "q".repeat(900);
+    let refused = (0..20).find_map(|n| {
+        let output = cluster.etcdctl(&["put", &format!("quota-{n:02}"), &value]);
+        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned())
+    });
+    let refused = refused.expect("the quota stops writes within 20 puts of 900 bytes");
+    assert!(
+        refused.contains("Error: etcdserver: mvcc: database space exceeded"),
+        "{refused}"
+    );
+    cluster.run(&["del", "quota-", "--prefix"]);
 }
 
 #[test]

@@ -174,6 +174,7 @@ pub async fn run<L: LogStorage>(
         max_txn_ops: config.max_txn_ops as usize,
         version: VERSION,
         unsafe_local_reads: unsafe_local_reads(),
+        quota_backend_bytes: config.quota_backend_bytes,
     };
     // gRPC's own limit sits above ours so that an oversized request gets
     // etcd's "request is too large" rather than a transport error.

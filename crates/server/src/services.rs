@@ -37,7 +37,13 @@ pub struct ServiceContext {
     /// serve linearizable reads from local state without ReadIndex, so that
     /// the nemesis tests can show their checker catches stale reads.
     pub unsafe_local_reads: bool,
+    /// Writes that add data are refused once the store holds this many
+    /// bytes (etcd's --quota-backend-bytes).
+    pub quota_backend_bytes: u64,
 }
+
+/// etcd's text when the space quota is used up.
+const ERR_NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 /// etcd's text for a request over the size limit.
 const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
@@ -184,6 +190,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
         self.0.check_size(request.encoded_len())?;
+        self.0.check_quota()?;
         self.0
             .write_answer(
                 internal_request::Request::Put(request),
@@ -218,6 +225,9 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let request = request.into_inner();
         self.0.check_size(request.encoded_len())?;
+        if txn_writes_data(&request) {
+            self.0.check_quota()?;
+        }
         self.0
             .write_answer(
                 internal_request::Request::Txn(request),
@@ -244,6 +254,19 @@ impl pb::kv_server::Kv for KvService {
             )
             .await
     }
+}
+
+/// Whether any branch of the transaction (nested ones too) puts a value.
+fn txn_writes_data(request: &pb::TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .any(|op| match &op.request {
+            Some(pb::request_op::Request::RequestPut(_)) => true,
+            Some(pb::request_op::Request::RequestTxn(nested)) => txn_writes_data(nested),
+            _ => false,
+        })
 }
 
 /// A write's answer, whose header the member fills in (the applier knows
@@ -282,6 +305,23 @@ impl Stamped for pb::TxnResponse {
 }
 
 impl ServiceContext {
+    /// Refuses a write that adds data once the store is at its quota, as
+    /// etcd does (ResourceExhausted). Deletes and compaction, which free
+    /// space, still go through. Unlike etcd there is no alarm to disarm: the
+    /// refusal ends as soon as the store is below its quota again.
+    fn check_quota(&self) -> Result<(), Status> {
+        let stored = self
+            .state
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?
+            .store
+            .stored_bytes();
+        if stored >= self.quota_backend_bytes {
+            return Err(Status::resource_exhausted(ERR_NO_SPACE));
+        }
+        Ok(())
+    }
+
     /// Runs a write and answers with the response `pick` finds in the apply
     /// result, stamped with this member's header.
     async fn write_answer<T: Stamped>(
