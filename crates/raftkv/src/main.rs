@@ -4,6 +4,9 @@
 //! This file owns argument parsing, logging setup and signal handling; what
 //! a member does lives in the `server` crate.
 
+mod bench;
+mod cli;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -31,6 +34,41 @@ enum Command {
     Server(Box<ServerFlags>),
     /// Run a local three-member cluster on loopback, in this process.
     Dev(DevFlags),
+    /// Load generator (etcd v3 API only: works against etcd too).
+    Bench(bench::BenchFlags),
+    /// Put a key.
+    Put(ClientCommand<cli::PutFlags>),
+    /// Get a key or a range of keys.
+    Get(ClientCommand<cli::GetFlags>),
+    /// Delete a key or a range of keys.
+    Del(ClientCommand<cli::DelFlags>),
+    /// Run a transaction read from stdin (etcdctl's syntax).
+    Txn(ClientCommand<NoFlags>),
+    /// Compact the history up to a revision.
+    Compaction(ClientCommand<cli::CompactionFlags>),
+    /// Cluster membership.
+    Member(ClientSubcommand<cli::MemberCommand>),
+    /// Endpoint status and health.
+    Endpoint(ClientSubcommand<cli::EndpointCommand>),
+}
+
+#[derive(Args, Debug)]
+struct NoFlags {}
+
+#[derive(Args)]
+struct ClientCommand<T: Args> {
+    #[command(flatten)]
+    flags: T,
+    #[command(flatten)]
+    client: cli::ClientFlags,
+}
+
+#[derive(Args)]
+struct ClientSubcommand<T: clap::Subcommand> {
+    #[command(subcommand)]
+    command: T,
+    #[command(flatten)]
+    client: cli::ClientFlags,
 }
 
 /// Every flag may also come from a `RAFTKV_*` environment variable or from
@@ -146,27 +184,51 @@ const DEV_CLIENT_PORTS: [u16; 3] = [2379, 22379, 32379];
 const DEV_PEER_PORTS: [u16; 3] = [2380, 22380, 32380];
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Members log their life; client commands print results, so only
+    // warnings reach stderr beside them.
+    let default_filter = match cli.command {
+        Command::Server(_) | Command::Dev(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let is_client_command = !matches!(cli.command, Command::Server(_) | Command::Dev(_));
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(flags) => {
                 let config = flags.into_config()?.resolve()?;
                 run_member(config, shutdown_signal()).await
             }
             Command::Dev(flags) => run_dev(flags).await,
+            Command::Bench(flags) => bench::run(flags).await,
+            Command::Put(command) => cli::put(&command.client, command.flags).await,
+            Command::Get(command) => cli::get(&command.client, command.flags).await,
+            Command::Del(command) => cli::del(&command.client, command.flags).await,
+            Command::Txn(command) => cli::txn(&command.client).await,
+            Command::Compaction(command) => cli::compaction(&command.client, command.flags).await,
+            Command::Member(command) => cli::member(&command.client, command.command).await,
+            Command::Endpoint(command) => cli::endpoint(&command.client, command.command).await,
         }
-    })
+    });
+    match result {
+        // Client commands print etcdctl's one error line, whatever
+        // RUST_BACKTRACE says.
+        Err(error) if is_client_command => {
+            eprintln!("Error: {error}");
+            std::process::exit(1);
+        }
+        other => other,
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

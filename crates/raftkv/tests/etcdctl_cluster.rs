@@ -942,3 +942,217 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
         .count();
     assert!(wal_segments >= 1);
 }
+
+/// Runs `raftkv <args>` against the cluster's endpoints.
+fn raftkv_cli(cluster: &TestCluster, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(args)
+        .arg(format!("--endpoints={}", cluster.endpoints()))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn raftkv");
+    if let Some(input) = stdin {
+        if let Some(mut pipe) = child.stdin.take() {
+            pipe.write_all(input.as_bytes()).expect("write stdin");
+        }
+    }
+    child.wait_with_output().expect("raftkv output")
+}
+
+#[test]
+fn the_raftkv_cli_prints_what_etcdctl_prints() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, "cli", &[]);
+    // Writes run twice (ours, then etcdctl's), so each side gets its own
+    // arguments where a write must find the same state.
+    let pair =
+        |args: &[&str], stdin: Option<&str>, their_args: &[&str], their_stdin: Option<&str>| {
+            let ours = raftkv_cli(&cluster, args, stdin);
+            let theirs = cluster.etcdctl_at(&cluster.endpoints(), their_args, their_stdin);
+            assert_eq!(
+                ours.status.success(),
+                theirs.status.success(),
+                "exit status of {args:?}: {}",
+                String::from_utf8_lossy(&ours.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&theirs.stdout),
+                "stdout of {args:?}"
+            );
+            ours
+        };
+    let same = |args: &[&str], stdin: Option<&str>| pair(args, stdin, args, stdin);
+    same(&["put", "cli/a", "1"], None);
+    same(&["put", "cli/b", "2"], None);
+    same(&["put", "cli/c", "3"], None);
+    same(&["get", "cli/a"], None);
+    same(&["get", "cli/", "--prefix"], None);
+    same(&["get", "cli/", "--prefix", "--limit=2"], None);
+    same(&["get", "cli/", "--prefix", "--keys-only"], None);
+    same(&["get", "cli/b", "--from-key"], None);
+    same(&["get", "cli/a", "--consistency=s"], None);
+    same(&["get", "cli/a", "--rev=2"], None);
+    same(&["put", "cli/d", "4"], None);
+    pair(&["del", "cli/c"], None, &["del", "cli/d"], None);
+    pair(
+        &["txn"],
+        Some("value(\"cli/a\") = \"1\"\n\nput cli/a 10\nget cli/b\n\nput cli/a 20\n\n"),
+        &["txn"],
+        Some("value(\"cli/a\") = \"10\"\n\nput cli/a 11\nget cli/b\n\nput cli/a 20\n\n"),
+    );
+    same(&["get", "cli/a"], None);
+    // JSON: the same key-values (headers name the answering member).
+    let ours: serde_json::Value = serde_json::from_slice(
+        &raftkv_cli(&cluster, &["get", "cli/", "--prefix", "-w", "json"], None).stdout,
+    )
+    .expect("raftkv printed JSON");
+    let theirs = cluster.json(&["get", "cli/", "--prefix"]);
+    assert_eq!(ours["kvs"], theirs["kvs"]);
+    assert_eq!(ours["count"], theirs["count"]);
+    // Errors: etcd's text on stderr, non-zero exit.
+    let failed = same(&["get", "cli/a", "--rev=999"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&failed.stderr).trim(),
+        "Error: etcdserver: mvcc: required revision is a future revision"
+    );
+    // Membership and endpoints answer in every format.
+    for format in ["simple", "json", "table"] {
+        for command in [
+            &["member", "list"][..],
+            &["endpoint", "status"],
+            &["endpoint", "health"],
+        ] {
+            let mut args = command.to_vec();
+            args.extend(["-w", format]);
+            let output = raftkv_cli(&cluster, &args, None);
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(!output.stdout.is_empty(), "{args:?} printed nothing");
+        }
+    }
+    let members = raftkv_cli(&cluster, &["member", "list"], None);
+    assert_eq!(String::from_utf8_lossy(&members.stdout).lines().count(), 3);
+    let compacted = raftkv_cli(&cluster, &["compaction", "3"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&compacted.stdout),
+        "compacted revision 3\n"
+    );
+}
+
+#[test]
+fn bench_runs_against_a_cluster_and_reports_sane_numbers() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, "bench", &[]);
+    for (workload, extra) in [
+        ("put", &[][..]),
+        ("range", &["--consistency", "s"][..]),
+        ("range", &["--consistency", "l"][..]),
+        ("txn-put", &[][..]),
+        ("mixed", &["--key-dist", "zipf"][..]),
+    ] {
+        let mut args = vec![
+            "bench",
+            workload,
+            "--total",
+            "1500",
+            "--clients",
+            "16",
+            "--conns",
+            "3",
+            "--key-space",
+            "500",
+            "--json",
+        ];
+        args.extend(extra);
+        let output = raftkv_cli(&cluster, &args, None);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("bench printed JSON");
+        assert_eq!(result["requests"], 1500, "{result}");
+        assert_eq!(result["succeeded"], 1500, "{result}");
+        assert_eq!(result["failed"], 0, "{result}");
+        let throughput = result["throughput"].as_f64().expect("throughput");
+        assert!(throughput > 10.0, "{result}");
+        let latency = &result["latency_ms"];
+        let p50 = latency["p50"].as_f64().expect("p50");
+        let p99 = latency["p99"].as_f64().expect("p99");
+        let max = latency["max"].as_f64().expect("max");
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{result}");
+    }
+    // The text report carries the same figures.
+    let output = raftkv_cli(&cluster, &["bench", "put", "--total", "200"], None);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("throughput:") && text.contains("p99.9") && text.contains("errors: 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_client_library_fails_over_when_a_member_dies() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(3, "client", &[]);
+    let endpoints: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|member| format!("127.0.0.1:{}", member.client_port))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = client::Client::new(client::ClientConfig::new(endpoints.clone())).expect("client");
+    runtime.block_on(async {
+        client.put("lib/a", "1").await.expect("put");
+        let kv = client.get("lib/a").await.expect("get").expect("present");
+        assert_eq!(&kv.value[..], b"1");
+        let txn = client::Txn::new()
+            .when([client::Compare::value(
+                "lib/a",
+                client::CompareOp::Equal,
+                "1",
+            )])
+            .and_then([client::TxnOp::put("lib/a", "2")])
+            .or_else([client::TxnOp::get("lib/a")]);
+        assert!(client.txn(txn).await.expect("txn").succeeded);
+        assert_eq!(client.delete("lib/a").await.expect("delete"), 1);
+        assert!(client.get("lib/a").await.expect("get").is_none());
+        assert_eq!(
+            client.member_list().await.expect("members").members.len(),
+            3
+        );
+    });
+    // The member the client talks to first dies; the client moves on.
+    cluster.kill(0);
+    runtime.block_on(async {
+        client
+            .put("lib/b", "after")
+            .await
+            .expect("put after a member died");
+        let kv = client.get("lib/b").await.expect("get").expect("present");
+        assert_eq!(&kv.value[..], b"after");
+        let status = client.status(0).await;
+        assert!(status.is_err(), "the dead member has no status");
+    });
+}
