@@ -99,17 +99,17 @@ pub struct BenchFlags {
     seed: u64,
 }
 
-/// SplitMix64: fast, seedable, good enough to pick keys.
-struct Random(u64);
+/// Seedable randomness for picking keys (the Raft crate's SplitMix64).
+struct Random(raft::rng::SplitMix64);
 
 impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Self {
+        Random(raft::rng::SplitMix64::new(seed))
     }
+    fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    /// Uniform in [0, 1).
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -301,7 +301,7 @@ pub async fn run(flags: BenchFlags) -> anyhow::Result<()> {
         let flags = flags.clone();
         tasks.push(tokio::spawn(async move {
             let mut totals = Totals::new()?;
-            let mut random = Random(flags.seed ^ (client as u64).wrapping_mul(0x9E37_79B9));
+            let mut random = Random::new(flags.seed ^ (client as u64).wrapping_mul(0x9E37_79B9));
             loop {
                 let number = issued.fetch_add(1, Ordering::Relaxed);
                 if total.is_some_and(|total| number >= total)
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn zipf_prefers_low_ranks_and_stays_in_range() {
         let chooser = KeyChooser::new(KeyDistribution::Zipf, 1000, 0.99);
-        let mut random = Random(7);
+        let mut random = Random::new(7);
         let picks: Vec<u64> = (0..10_000)
             .map(|_| chooser.choose(&mut random, 1000))
             .collect();

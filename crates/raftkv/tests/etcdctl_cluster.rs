@@ -233,6 +233,26 @@ impl TestCluster {
         })
     }
 
+    /// How many keys start with `prefix`, read serializably at `endpoint`.
+    fn serializable_count(&self, endpoint: &str, prefix: &str) -> Option<u64> {
+        let output = self.etcdctl_at(
+            endpoint,
+            &[
+                "get",
+                prefix,
+                "--prefix",
+                "--limit=1",
+                "--consistency=s",
+                "-w",
+                "json",
+            ],
+            None,
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .ok()
+            .and_then(|json| json["count"].as_u64())
+    }
+
     fn kill(&mut self, position: usize) {
         if let Some(mut child) = self.members[position].child.take() {
             let _ = child.kill();
@@ -847,28 +867,8 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
             String::from_utf8_lossy(&output.stdout) == "v9999\n"
         },
     );
-    let count = cluster.etcdctl_at(
-        &follower_endpoint,
-        &[
-            "get",
-            "snap-",
-            "--prefix",
-            "--limit=1",
-            "--consistency=s",
-            "-w",
-            "json",
-        ],
-        None,
-    );
-    let count: serde_json::Value = serde_json::from_slice(&count.stdout).unwrap_or_else(|error| {
-        panic!(
-            "etcdctl printed no JSON ({error}): {}{}",
-            String::from_utf8_lossy(&count.stdout),
-            String::from_utf8_lossy(&count.stderr)
-        )
-    });
     assert_eq!(
-        count["count"].as_u64(),
+        cluster.serializable_count(&follower_endpoint, "snap-"),
         Some(10_000),
         "every key reached the follower"
     );
@@ -918,23 +918,7 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
         cluster.wait_until(
             Duration::from_secs(30),
             "every member has every key",
-            |cluster| {
-                let output = cluster.etcdctl_at(
-                    &endpoint,
-                    &[
-                        "get",
-                        "snap-",
-                        "--prefix",
-                        "--limit=1",
-                        "--consistency=s",
-                        "-w",
-                        "json",
-                    ],
-                    None,
-                );
-                serde_json::from_slice::<serde_json::Value>(&output.stdout)
-                    .is_ok_and(|json| json["count"].as_u64() == Some(10_000))
-            },
+            |cluster| cluster.serializable_count(&endpoint, "snap-") == Some(10_000),
         );
     }
     let wal_segments = std::fs::read_dir(cluster.members[leader].data_dir.join("member/wal"))

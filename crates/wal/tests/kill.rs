@@ -142,17 +142,6 @@ fn child_writer() {
     }
 }
 
-struct Random(u64);
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[test]
 fn killed_at_random_moments_nothing_acknowledged_is_lost() {
     let points: u64 = std::env::var("RAFTKV_WAL_KILL_POINTS")
@@ -163,7 +152,7 @@ fn killed_at_random_moments_nothing_acknowledged_is_lost() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    let mut random = Random(seed);
+    let mut random = raft::rng::SplitMix64::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("test binary");
     let mut total_acked = 0u64;
@@ -192,7 +181,7 @@ fn killed_at_random_moments_nothing_acknowledged_is_lost() {
             }
             (acked, error)
         });
-        let delay = Duration::from_micros(2_000 + random.next() % 60_000);
+        let delay = Duration::from_micros(2_000 + random.next_u64() % 60_000);
         std::thread::sleep(delay); // the kill moment itself is what is random
         child.kill().expect("SIGKILL");
         let _ = child.wait();
