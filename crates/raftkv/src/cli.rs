@@ -398,41 +398,43 @@ pub async fn member(flags: &ClientFlags, command: MemberCommand) -> anyhow::Resu
             ]
         })
         .collect();
-    match flags.write_out {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "header": header_json(response.header.as_ref()),
-                "members": response.members.iter().map(|member| json!({
-                    "ID": member.id,
-                    "name": member.name,
-                    "peerURLs": member.peer_ur_ls,
-                    "clientURLs": member.client_ur_ls,
-                    "isLearner": member.is_learner,
-                })).collect::<Vec<_>>(),
-            })
-        ),
+    print_listing(
+        flags.write_out,
+        json!({
+            "header": header_json(response.header.as_ref()),
+            "members": response.members.iter().map(|member| json!({
+                "ID": member.id,
+                "name": member.name,
+                "peerURLs": member.peer_ur_ls,
+                "clientURLs": member.client_ur_ls,
+                "isLearner": member.is_learner,
+            })).collect::<Vec<_>>(),
+        }),
+        &[
+            "id",
+            "status",
+            "name",
+            "peer addrs",
+            "client addrs",
+            "is learner",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// Prints a listing (members, endpoints) in the chosen format: one
+/// comma-separated line per row, a table, or `json`.
+fn print_listing(format: Output, json: Value, headers: &[&str], rows: &[Vec<String>]) {
+    match format {
+        Output::Json => println!("{json}"),
         Output::Simple => {
             for row in rows {
                 println!("{}", row.join(", "));
             }
         }
-        Output::Table => print!(
-            "{}",
-            table(
-                &[
-                    "id",
-                    "status",
-                    "name",
-                    "peer addrs",
-                    "client addrs",
-                    "is learner"
-                ],
-                &rows
-            )
-        ),
+        Output::Table => print!("{}", table(headers, rows)),
     }
-    Ok(())
 }
 
 fn human_bytes(bytes: i64) -> String {
@@ -494,32 +496,23 @@ pub async fn endpoint(flags: &ClientFlags, command: EndpointCommand) -> anyhow::
                     }
                 }
             }
-            match flags.write_out {
-                Output::Json => println!("{}", Value::Array(entries)),
-                Output::Simple => {
-                    for row in rows {
-                        println!("{}", row.join(", "));
-                    }
-                }
-                Output::Table => print!(
-                    "{}",
-                    table(
-                        &[
-                            "endpoint",
-                            "id",
-                            "version",
-                            "db size",
-                            "is leader",
-                            "is learner",
-                            "raft term",
-                            "raft index",
-                            "raft applied index",
-                            "errors"
-                        ],
-                        &rows
-                    )
-                ),
-            }
+            print_listing(
+                flags.write_out,
+                Value::Array(entries),
+                &[
+                    "endpoint",
+                    "id",
+                    "version",
+                    "db size",
+                    "is leader",
+                    "is learner",
+                    "raft term",
+                    "raft index",
+                    "raft applied index",
+                    "errors",
+                ],
+                &rows,
+            );
         }
         EndpointCommand::Health => {
             let mut rows = Vec::new();
