@@ -415,7 +415,11 @@ impl Store {
         if put.lease != 0 {
             return Err(ERR_LEASE_NOT_FOUND);
         }
-        let previous_kv = previous.map(|info| self.key_value(&put.key, info, false));
+        // Reading the previous value costs a second lookup: only when asked.
+        let needs_previous = put.prev_kv || put.ignore_value || put.ignore_lease;
+        let previous_kv = previous
+            .filter(|_| needs_previous)
+            .map(|info| self.key_value(&put.key, info, false));
         let value = if put.ignore_value {
             previous_kv
                 .as_ref()

@@ -170,8 +170,7 @@ fn services_match_etcd() {
         (
             "raftkvpb.peer.Peer",
             "Raft(stream RaftFrame)->stream RaftStreamAccepted \
-             InstallSnapshot(stream SnapshotChunk)->SnapshotAck \
-             Propose(ProposeRequest)->ProposeResponse",
+             InstallSnapshot(stream SnapshotChunk)->SnapshotAck",
         ),
     ];
     for (service, methods) in expected {
@@ -407,7 +406,7 @@ fn peer_message_fields() {
     let messages = messages(&compile());
     let expected: &[(&str, &str)] = &[
         ("raftkvpb.peer.Handshake", "cluster_id=1:uint64 from=2:uint64 to=3:uint64 protocol_version=4:raftkvpb.peer.ProtocolVersion"),
-        ("raftkvpb.peer.RaftFrame", "handshake=1:raftkvpb.peer.Handshake messages=2:repeated raftkvpb.peer.RaftMessage"),
+        ("raftkvpb.peer.RaftFrame", "handshake=1:raftkvpb.peer.Handshake messages=2:repeated raftkvpb.peer.RaftMessage forwarded_proposals=3:repeated bytes refused_proposals=4:repeated uint64"),
         ("raftkvpb.peer.RaftStreamAccepted", "member_id=1:uint64"),
         ("raftkvpb.peer.RaftMessage", "from=1:uint64 to=2:uint64 term=3:uint64 \
             append_entries=4:raftkvpb.peer.AppendEntries@body append_response=5:raftkvpb.peer.AppendResponse@body \
@@ -433,8 +432,6 @@ fn peer_message_fields() {
         ("raftkvpb.peer.SnapshotHeader", "handshake=1:raftkvpb.peer.Handshake message=2:raftkvpb.peer.RaftMessage"),
         ("raftkvpb.peer.SnapshotTrailer", "size_bytes=1:uint64 crc32c=2:fixed32"),
         ("raftkvpb.peer.SnapshotAck", "size_bytes=1:uint64"),
-        ("raftkvpb.peer.ProposeRequest", "handshake=1:raftkvpb.peer.Handshake payload=2:bytes"),
-        ("raftkvpb.peer.ProposeResponse", "result=1:bytes"),
     ];
     for (name, fields) in expected {
         let message = messages

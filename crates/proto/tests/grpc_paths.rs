@@ -273,10 +273,12 @@ async fn peer_streams_round_trip() {
         peer::RaftFrame {
             handshake: handshake(CLUSTER_ID),
             messages: vec![heartbeat(1)],
+            ..Default::default()
         },
         peer::RaftFrame {
             handshake: None,
             messages: vec![heartbeat(2), heartbeat(3)],
+            ..Default::default()
         },
     ];
     let mut accepted = client
@@ -294,6 +296,7 @@ async fn peer_streams_round_trip() {
         .raft(tokio_stream::iter([peer::RaftFrame {
             handshake: handshake(CLUSTER_ID + 1),
             messages: vec![heartbeat(1)],
+            ..Default::default()
         }]))
         .await;
     assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);

@@ -89,39 +89,61 @@ pub enum NodeError {
     Rejected(String),
 }
 
-/// Identifies a proposal so the applier can find who waits for it. Carried
-/// as the first 8 bytes (big-endian) of every normal entry the node
-/// proposes; the rest is the payload the state machine sees. Ids come from a
-/// counter started at a random-ish point (time at start) so an entry from an
-/// earlier run of this member never matches a waiter of this run.
+/// Identifies a proposal on the member that made it, so its applier can
+/// find who waits for it. Ids come from a counter started at a random-ish
+/// point (time at start) so an entry from an earlier run of this member
+/// never matches a waiter of this run.
 pub type RequestId = u64;
 
-const REQUEST_ID_BYTES: usize = 8;
+/// Every normal entry the node proposes starts with the proposing member's
+/// id and its request id (8 bytes each, big-endian); the rest is the payload
+/// the state machine sees. Every member applies every entry, and only the
+/// origin has a waiter for it: that is how a follower answers a write it
+/// forwarded to the leader, without a reply from the leader.
+const PROPOSAL_HEADER_BYTES: usize = 16;
 
-fn frame_proposal(id: RequestId, payload: &[u8]) -> Bytes {
-    let mut data = Vec::with_capacity(REQUEST_ID_BYTES + payload.len());
+fn frame_proposal(origin: NodeId, id: RequestId, payload: &[u8]) -> Bytes {
+    let mut data = Vec::with_capacity(PROPOSAL_HEADER_BYTES + payload.len());
+    data.extend_from_slice(&origin.to_be_bytes());
     data.extend_from_slice(&id.to_be_bytes());
     data.extend_from_slice(payload);
     Bytes::from(data)
 }
 
-/// Splits an entry's data into request id and payload; `None` for the empty
+/// The header of a framed proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProposalOrigin {
+    member: NodeId,
+    request: RequestId,
+}
+
+/// Splits an entry's data into origin and payload; `None` for the empty
 /// entry a new leader appends.
-fn unframe_proposal(data: &[u8]) -> Option<(RequestId, &[u8])> {
-    if data.len() < REQUEST_ID_BYTES {
+fn unframe_proposal(data: &[u8]) -> Option<(ProposalOrigin, &[u8])> {
+    if data.len() < PROPOSAL_HEADER_BYTES {
         return None;
     }
-    let mut id = [0u8; REQUEST_ID_BYTES];
-    id.copy_from_slice(&data[..REQUEST_ID_BYTES]);
-    Some((u64::from_be_bytes(id), &data[REQUEST_ID_BYTES..]))
+    let word = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&data[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    Some((
+        ProposalOrigin {
+            member: word(0),
+            request: word(8),
+        },
+        &data[PROPOSAL_HEADER_BYTES..],
+    ))
 }
 
 enum Input {
     Tick,
     Transport(TransportEvent),
+    /// Framed entry data; its waiter is registered under `request_id`.
     Propose {
+        request_id: RequestId,
         data: Bytes,
-        done: oneshot::Sender<Result<LogPosition, NodeError>>,
     },
     ProposeConfChange {
         change: ConfChange,
@@ -151,6 +173,9 @@ pub struct NodeStatus {
 
 #[derive(Clone)]
 pub struct NodeHandle {
+    member_id: NodeId,
+    /// Closed when the raft thread ends.
+    running: watch::Receiver<()>,
     input: mpsc::UnboundedSender<Input>,
     status: watch::Receiver<NodeStatus>,
     applied: watch::Receiver<u64>,
@@ -193,6 +218,16 @@ impl Waiters {
         self.lock().insert(id, sender);
         (id, receiver)
     }
+
+    /// Fails the waiters of `ids` (those still waiting) with `error`.
+    fn fail(&self, ids: impl IntoIterator<Item = RequestId>, error: &NodeError) {
+        let mut waiting = self.lock();
+        for id in ids {
+            if let Some(done) = waiting.remove(&id) {
+                let _ = done.send(Err(error.clone()));
+            }
+        }
+    }
 }
 
 pub struct NodeOptions {
@@ -226,6 +261,8 @@ impl Node {
         let (applied_tx, applied_rx) = watch::channel(state_machine.applied_index());
         let waiters = Arc::new(Waiters::new());
         let (apply_tx, apply_rx) = std::sync::mpsc::channel::<ApplyBatch>();
+        let member_id = raft.id();
+        let (running_tx, running_rx) = watch::channel(());
 
         // Ticker and transport bridge: async tasks feeding the one channel.
         let tick_input = input_tx.clone();
@@ -254,6 +291,7 @@ impl Node {
             batches: apply_rx,
             applied: applied_tx,
             waiters: apply_waiters,
+            member_id,
             raft_input: input_tx.clone(),
             snapshot_count: options.snapshot_count,
             last_snapshot_index: state_machine.applied_index(),
@@ -263,11 +301,14 @@ impl Node {
             .name("raftkv-apply".to_string())
             .spawn(move || applier.run(state_machine))
             .ok();
+        let driver_waiters = waiters.clone();
         let raft_thread = std::thread::Builder::new()
             .name("raftkv-raft".to_string())
             .spawn(move || {
                 let mut driver = Driver {
                     raft,
+                    _running: running_tx,
+                    waiters: driver_waiters,
                     log,
                     transport,
                     apply: apply_tx,
@@ -286,6 +327,8 @@ impl Node {
         }
         Node {
             handle: NodeHandle {
+                member_id,
+                running: running_rx,
                 input: input_tx,
                 status: status_rx,
                 applied: applied_rx,
@@ -313,20 +356,19 @@ impl NodeHandle {
         *self.status.borrow()
     }
 
-    /// Proposes `payload` and waits until its entry is applied here,
-    /// returning the state machine's answer. A timeout leaves the outcome
-    /// unknown: the entry may still commit.
+    /// Proposes `payload` (at the leader: a follower forwards it) and waits
+    /// until its entry is applied here, returning the state machine's
+    /// answer. A timeout leaves the outcome unknown: the entry may still
+    /// commit. `NoLeader` and `LeaderChanged` mean it was never proposed.
     pub async fn propose(&self, payload: &[u8], timeout: Duration) -> Result<Bytes, NodeError> {
         let deadline = Instant::now() + timeout;
         let (request_id, result) = self.waiters.register();
-        let (done_tx, done_rx) = oneshot::channel();
         let sent = self.input.send(Input::Propose {
-            data: frame_proposal(request_id, payload),
-            done: done_tx,
+            request_id,
+            data: frame_proposal(self.member_id, request_id, payload),
         });
         let outcome = async {
             sent.map_err(|_| NodeError::Stopped)?;
-            answer_by(deadline, done_rx).await?;
             answer_by(deadline, result).await
         }
         .await;
@@ -352,8 +394,10 @@ impl NodeHandle {
     /// Resolves when the node has stopped (after `Node::stop`, or by itself
     /// after a storage failure: a failed sync must stop the member).
     pub async fn stopped(&self) {
-        let mut status = self.status.clone();
-        while status.changed().await.is_ok() {}
+        // `running` never changes; it closes when the raft thread ends.
+        // (Waiting on `status` would wake at every commit.)
+        let mut running = self.running.clone();
+        while running.changed().await.is_ok() {}
     }
 
     /// Waits until the node's status satisfies `predicate`.
@@ -441,6 +485,50 @@ fn node_error(error: RaftError) -> NodeError {
     }
 }
 
+/// The writes one round of the raft loop proposes: this member's, then
+/// those peers forwarded to it.
+#[derive(Default)]
+struct Proposals {
+    /// Request ids of `local`, in the same order.
+    local_ids: Vec<RequestId>,
+    /// Framed entry data of this member's proposals.
+    local: Vec<Bytes>,
+    /// Framed entry data peers forwarded.
+    forwarded: Vec<Bytes>,
+    /// Forwarded request ids by origin, to refuse them if they cannot be
+    /// proposed.
+    forwarded_ids: Vec<(NodeId, Vec<RequestId>)>,
+}
+
+impl Proposals {
+    fn add_local(&mut self, request_id: RequestId, data: Bytes) {
+        self.local_ids.push(request_id);
+        self.local.push(data);
+    }
+
+    fn add_forwarded(&mut self, from: NodeId, proposals: Vec<Bytes>) {
+        let mut ids = Vec::with_capacity(proposals.len());
+        for data in proposals {
+            match unframe_proposal(&data) {
+                Some((origin, _)) if origin.member == from => {
+                    ids.push(origin.request);
+                    self.forwarded.push(data);
+                }
+                // Only the origin could ever claim the result; an entry
+                // claiming another origin would wake nobody, or the wrong
+                // waiter.
+                _ => tracing::warn!(
+                    from = format!("{from:x}"),
+                    "dropping a forwarded proposal that does not name its sender as origin"
+                ),
+            }
+        }
+        if !ids.is_empty() {
+            self.forwarded_ids.push((from, ids));
+        }
+    }
+}
+
 /// Committed work for the applier, in log order.
 struct ApplyBatch {
     snapshot: Option<Snapshot>,
@@ -452,6 +540,10 @@ struct ApplyBatch {
 
 struct Driver<L: LogStorage> {
     raft: Raft,
+    /// Dropped with the driver, which tells `NodeHandle::stopped`.
+    _running: watch::Sender<()>,
+    /// Local proposals wait here; the driver fails those it cannot propose.
+    waiters: Arc<Waiters>,
     log: L,
     transport: Transport,
     apply: std::sync::mpsc::Sender<ApplyBatch>,
@@ -470,7 +562,7 @@ impl<L: LogStorage> Driver<L> {
                 return;
             };
             // Drain everything queued: one batch, one sync.
-            let mut proposals = Vec::new();
+            let mut proposals = Proposals::default();
             let mut reads = Vec::new();
             let mut next = Some(first);
             while let Some(item) = next.take() {
@@ -480,7 +572,15 @@ impl<L: LogStorage> Driver<L> {
                     Input::Transport(TransportEvent::Unreachable(peer)) => {
                         self.raft.report_unreachable(peer)
                     }
-                    Input::Propose { data, done } => proposals.push((data, done)),
+                    Input::Propose { request_id, data } => proposals.add_local(request_id, data),
+                    Input::Transport(TransportEvent::Forwarded {
+                        from,
+                        proposals: forwarded,
+                    }) => proposals.add_forwarded(from, forwarded),
+                    Input::Transport(TransportEvent::Refused { request_ids }) => {
+                        // Never proposed, so never applied: safe to retry.
+                        self.waiters.fail(request_ids, &NodeError::NoLeader);
+                    }
                     Input::ReadIndex { done } => reads.push(done),
                     Input::ProposeConfChange { change, done } => {
                         let _ =
@@ -521,30 +621,38 @@ impl<L: LogStorage> Driver<L> {
         }
     }
 
-    fn propose_all(
-        &mut self,
-        proposals: Vec<(Bytes, oneshot::Sender<Result<LogPosition, NodeError>>)>,
-    ) {
-        if proposals.is_empty() {
+    /// Proposes this round's writes if this member leads; a follower
+    /// forwards its own to the leader in one frame and refuses those
+    /// forwarded to it (they were sent to a stale leader).
+    fn propose_all(&mut self, proposals: Proposals) {
+        let Proposals {
+            local_ids,
+            local,
+            forwarded,
+            forwarded_ids,
+        } = proposals;
+        if self.raft.role() != Role::Leader {
+            for (origin, ids) in forwarded_ids {
+                self.transport.refuse(origin, ids);
+            }
+            if local.is_empty() {
+                return;
+            }
+            let leader = self.raft.leader();
+            if leader == 0 || leader == self.raft.id() || !self.transport.forward(leader, local) {
+                self.waiters.fail(local_ids, &NodeError::NoLeader);
+            }
             return;
         }
-        let (data, done): (Vec<Bytes>, Vec<_>) = proposals.into_iter().unzip();
-        let count = data.len() as u64;
-        match self.raft.propose_batch(data) {
-            Ok(last) => {
-                let first_index = last.index + 1 - count;
-                for (offset, done) in done.into_iter().enumerate() {
-                    let _ = done.send(Ok(LogPosition {
-                        index: first_index + offset as u64,
-                        term: last.term,
-                    }));
-                }
-            }
-            Err(error) => {
-                let error = node_error(error);
-                for done in done {
-                    let _ = done.send(Err(error.clone()));
-                }
+        let mut data = local;
+        data.extend(forwarded);
+        if data.is_empty() {
+            return;
+        }
+        if let Err(error) = self.raft.propose_batch(data) {
+            self.waiters.fail(local_ids, &node_error(error));
+            for (origin, ids) in forwarded_ids {
+                self.transport.refuse(origin, ids);
             }
         }
     }
@@ -678,6 +786,8 @@ struct Applier {
     batches: std::sync::mpsc::Receiver<ApplyBatch>,
     applied: watch::Sender<u64>,
     waiters: Arc<Waiters>,
+    /// Only entries this member proposed have waiters here.
+    member_id: NodeId,
     raft_input: mpsc::UnboundedSender<Input>,
     snapshot_count: u64,
     last_snapshot_index: u64,
@@ -746,13 +856,18 @@ impl Applier {
                 }
             };
             self.applied_term = entry.term;
-            if let Some((request_id, _)) = framed {
-                let waiter = self.waiters.lock().remove(&request_id);
-                if let Some(done) = waiter {
-                    let _ = done.send(Ok(result));
+            if let Some((origin, _)) = framed {
+                if origin.member == self.member_id {
+                    let waiter = self.waiters.lock().remove(&origin.request);
+                    if let Some(done) = waiter {
+                        let _ = done.send(Ok(result));
+                    }
                 }
             }
-            self.applied.send_replace(entry.index);
+        }
+        // Once per batch: every send wakes every reader waiting on it.
+        if let Some(last) = batch.entries.last() {
+            self.applied.send_replace(last.index);
         }
         Ok(())
     }

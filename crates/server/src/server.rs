@@ -97,7 +97,6 @@ pub async fn run<L: LogStorage>(
     let (events_tx, events_rx) = mpsc::channel(4096);
     let peer_service =
         PeerService::new(identity, events_tx.clone()).with_snapshot_files(snapshots.clone());
-    let node_slot = peer_service.node_slot();
     let mut transport = Transport::new(identity, events_tx).with_snapshot_files(snapshots.clone());
     if let Some(address) = config.listen_peer_addrs.first() {
         transport = transport.with_local_address(address.ip());
@@ -142,7 +141,9 @@ pub async fn run<L: LogStorage>(
         peer_servers.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(
+                    TcpListenerStream::new(listener).map(|stream| stream.map(no_delay)),
+                ),
         ));
     }
 
@@ -161,7 +162,6 @@ pub async fn run<L: LogStorage>(
             snapshot_catchup_entries: config.snapshot_catchup_entries,
         },
     );
-    let _ = node_slot.set(node.handle.clone());
 
     let context = ServiceContext {
         cluster_id: config.cluster_id,
@@ -196,7 +196,8 @@ pub async fn run<L: LogStorage>(
             .add_service(pb::lease_server::LeaseServer::new(LeaseService));
         // Client connections go through AuthorityFix so that etcd clients
         // naming endpoints with a scheme are served (see authority.rs).
-        let incoming = TcpListenerStream::new(listener).map(|stream| stream.map(AuthorityFix::new));
+        let incoming = TcpListenerStream::new(listener)
+            .map(|stream| stream.map(|stream| AuthorityFix::new(no_delay(stream))));
         client_servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
             incoming,
             async move {
@@ -222,23 +223,8 @@ pub async fn run<L: LogStorage>(
                 .node
                 .propose(&payload, publish_context.request_timeout)
                 .await;
-            match attempt {
-                Ok(_) => return,
-                Err(crate::node::NodeError::NotLeader { leader }) => {
-                    if publish_context
-                        .transport
-                        .forward_proposal(
-                            leader,
-                            payload.clone().into(),
-                            publish_context.request_timeout,
-                        )
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-                Err(_) => {}
+            if attempt.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -323,4 +309,16 @@ pub fn bootstrap_raft(config: &ResolvedConfig) -> Result<Raft, ServerError> {
         config.member_id ^ 0x5eed,
     );
     Ok(Raft::bootstrap(raft_config, &voters)?)
+}
+
+/// Turns Nagle's algorithm off on an accepted connection. Both protocols are
+/// request/response over small frames: with Nagle on, a reply written while
+/// the peer's delayed ACK is pending waits ~40 ms for it (measured: a
+/// serializable range at 256 clients ran at 44 ms p50 with the CPU idle).
+/// A socket that refuses the option still serves, only slower.
+fn no_delay(stream: tokio::net::TcpStream) -> tokio::net::TcpStream {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::warn!(%error, "could not set TCP_NODELAY on an accepted connection");
+    }
+    stream
 }

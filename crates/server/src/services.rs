@@ -2,9 +2,9 @@
 //! Lease and Auth answer `Unimplemented` with a message saying so until
 //! their issues land.
 //!
-//! A write is validated, encoded as an `InternalRequest`, proposed (or
-//! forwarded to the leader over the peer transport) and answered with the
-//! result of applying its entry. A linearizable read first passes a
+//! A write is validated, encoded as an `InternalRequest`, proposed (the
+//! node forwards it to the leader when this member follows) and answered
+//! with the result of applying its entry here. A linearizable read first passes a
 //! ReadIndex barrier; a serializable one reads the local state at once.
 
 use std::pin::Pin;
@@ -47,8 +47,6 @@ const ERR_NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 /// etcd's text for a request over the size limit.
 const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
-/// Forwarding attempts when leadership moves while a write is in flight.
-const FORWARD_ATTEMPTS_MAX: usize = 3;
 
 fn node_status(error: NodeError) -> Status {
     match error {
@@ -95,43 +93,11 @@ impl ServiceContext {
         kv::validate_request(&request, self.max_txn_ops)
             .map_err(|error| apply_error_status(&error))?;
         let payload = Bytes::from(request.encode_to_vec());
-        let mut attempt = 0;
-        let result = loop {
-            attempt += 1;
-            match self.node.propose(&payload, self.request_timeout).await {
-                Ok(result) => break result,
-                Err(NodeError::NotLeader { leader }) => {
-                    match self
-                        .transport
-                        .forward_proposal(leader, payload.clone(), self.request_timeout)
-                        .await
-                    {
-                        Ok(result) => break result,
-                        Err(status)
-                            if status.code() == Code::FailedPrecondition
-                                && attempt < FORWARD_ATTEMPTS_MAX =>
-                        {
-                            // Leadership moved on the way: ask again.
-                            continue;
-                        }
-                        Err(status) if status.code() == Code::FailedPrecondition => {
-                            return Err(Status::unavailable("etcdserver: leader changed"));
-                        }
-                        // The leader's answer, in etcd's words.
-                        Err(status) if status.message().starts_with("etcdserver:") => {
-                            return Err(status)
-                        }
-                        // The leader could not be reached at all: to the
-                        // client, there is no leader.
-                        Err(status) => {
-                            tracing::debug!(leader, %status, "forwarding a write to the leader failed");
-                            return Err(Status::unavailable("etcdserver: no leader"));
-                        }
-                    }
-                }
-                Err(error) => return Err(node_status(error)),
-            }
-        };
+        let result = self
+            .node
+            .propose(&payload, self.request_timeout)
+            .await
+            .map_err(node_status)?;
         let response = InternalResponse::decode(result.as_ref())
             .map_err(|error| Status::internal(format!("undecodable apply result: {error}")))?;
         match response.response {

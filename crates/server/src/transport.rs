@@ -9,11 +9,15 @@
 //! `Peer` service checks each stream's handshake (cluster, addressee,
 //! protocol version) before any of its messages reach Raft.
 //!
+//! The same streams carry the node's forwarded writes (a follower's client
+//! writes, for the leader to propose) and the leader's refusals of them, as
+//! fields of the frame beside the Raft messages: one frame, many writes.
+//!
 //! This module never blocks the Raft task: `send` only enqueues.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::peer as wire;
@@ -26,7 +30,6 @@ use tonic::{Request, Response, Status, Streaming};
 use wal::SnapshotFiles;
 
 use crate::convert::{message_from_wire, message_to_wire};
-use crate::node::{NodeError, NodeHandle};
 use crate::snapshot_transfer::{receive_snapshot, send_snapshot};
 
 /// Frames queued per peer before new ones are dropped.
@@ -48,6 +51,13 @@ pub enum TransportEvent {
     /// A snapshot transfer to `peer` ended: the peer stored it durably
     /// (`delivered`), or the transfer failed.
     SnapshotSent { peer: NodeId, delivered: bool },
+    /// `from` asks this member, as its leader, to propose these entry datas.
+    Forwarded {
+        from: NodeId,
+        proposals: Vec<bytes::Bytes>,
+    },
+    /// A peer did not propose these forwarded requests (by request id).
+    Refused { request_ids: Vec<u64> },
 }
 
 /// Identity checked on every stream.
@@ -97,9 +107,10 @@ impl LocalIdentity {
 }
 
 struct PeerQueue {
-    frames: mpsc::Sender<Vec<wire::RaftMessage>>,
+    /// Frames without handshake: the stream task adds that.
+    frames: mpsc::Sender<wire::RaftFrame>,
     urls: Vec<String>,
-    /// For unary calls (forwarded proposals); connects on first use.
+    /// For snapshot transfers; connects on first use.
     channel: Option<tonic::transport::Channel>,
 }
 
@@ -270,34 +281,40 @@ impl Transport {
         self.lock_peers().remove(&id);
     }
 
-    /// Asks `leader` to propose `payload` and wait for it to apply; returns
-    /// the apply result.
-    pub async fn forward_proposal(
-        &self,
-        leader: NodeId,
-        payload: bytes::Bytes,
-        timeout: Duration,
-    ) -> Result<bytes::Bytes, Status> {
-        let channel = self
-            .lock_peers()
-            .get(&leader)
-            .and_then(|peer| peer.channel.clone());
-        let Some(channel) = channel else {
-            return Err(Status::unavailable("etcdserver: no leader"));
+    /// Asks `leader` to propose `proposals` (entry data, framed by the
+    /// node). Returns false if they were not queued (unknown peer, full
+    /// queue): then they can never reach it.
+    pub fn forward(&self, leader: NodeId, proposals: Vec<bytes::Bytes>) -> bool {
+        self.enqueue(
+            leader,
+            wire::RaftFrame {
+                forwarded_proposals: proposals,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Tells `origin` that its forwarded proposals `request_ids` were not
+    /// proposed. Best effort: if this is lost, they time out there.
+    pub fn refuse(&self, origin: NodeId, request_ids: Vec<u64>) {
+        self.enqueue(
+            origin,
+            wire::RaftFrame {
+                refused_proposals: request_ids,
+                ..Default::default()
+            },
+        );
+    }
+
+    fn enqueue(&self, to: NodeId, frame: wire::RaftFrame) -> bool {
+        let queued = match self.lock_peers().get(&to) {
+            Some(peer) => peer.frames.try_send(frame).is_ok(),
+            None => false,
         };
-        let mut client = PeerClient::new(channel)
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let mut request = Request::new(wire::ProposeRequest {
-            handshake: Some(self.identity.handshake_to(leader)),
-            payload,
-        });
-        request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.propose(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner().result),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
+        if !queued {
+            let _ = self.events.try_send(TransportEvent::Unreachable(to));
         }
+        queued
     }
 
     /// Enqueues messages, one frame per destination. Never blocks.
@@ -320,6 +337,10 @@ impl Transport {
             for (to, frame) in by_peer {
                 match peers.get(&to) {
                     Some(peer) => {
+                        let frame = wire::RaftFrame {
+                            messages: frame,
+                            ..Default::default()
+                        };
                         if peer.frames.try_send(frame).is_err() {
                             unreachable.push(to);
                         }
@@ -339,7 +360,7 @@ async fn run_peer_stream(
     identity: LocalIdentity,
     peer: NodeId,
     urls: Vec<String>,
-    mut queue: mpsc::Receiver<Vec<wire::RaftMessage>>,
+    mut queue: mpsc::Receiver<wire::RaftFrame>,
     events: mpsc::Sender<TransportEvent>,
     local_address: Option<std::net::IpAddr>,
 ) {
@@ -369,7 +390,7 @@ async fn run_peer_stream(
                 let (frames_tx, frames_rx) = mpsc::channel::<wire::RaftFrame>(16);
                 let handshake = wire::RaftFrame {
                     handshake: Some(identity.handshake_to(peer)),
-                    messages: Vec::new(),
+                    ..Default::default()
                 };
                 if frames_tx.send(handshake).await.is_err() {
                     return;
@@ -383,8 +404,7 @@ async fn run_peer_stream(
                         loop {
                             tokio::select! {
                                 frame = queue.recv() => {
-                                    let Some(messages) = frame else { return; };
-                                    let frame = wire::RaftFrame { handshake: None, messages };
+                                    let Some(frame) = frame else { return; };
                                     if frames_tx.send(frame).await.is_err() {
                                         break;
                                     }
@@ -432,10 +452,6 @@ async fn run_peer_stream(
 pub struct PeerService {
     identity: LocalIdentity,
     events: mpsc::Sender<TransportEvent>,
-    /// The local node, once started (the service starts first, so that peers
-    /// can reach it while the node restores its state).
-    node: Arc<OnceLock<NodeHandle>>,
-    request_timeout: Duration,
     /// Where received snapshots are stored; without it they are refused.
     snapshots: Option<SnapshotFiles>,
 }
@@ -445,8 +461,6 @@ impl PeerService {
         PeerService {
             identity,
             events,
-            node: Arc::new(OnceLock::new()),
-            request_timeout: Duration::from_secs(5),
             snapshots: None,
         }
     }
@@ -455,11 +469,6 @@ impl PeerService {
     pub fn with_snapshot_files(mut self, files: SnapshotFiles) -> Self {
         self.snapshots = Some(files);
         self
-    }
-
-    /// Where forwarded proposals go; set once the node runs.
-    pub fn node_slot(&self) -> Arc<OnceLock<NodeHandle>> {
-        self.node.clone()
     }
 }
 
@@ -492,9 +501,19 @@ impl wire::peer_server::Peer for PeerService {
             }))
             .await;
         tokio::spawn(async move {
-            let mut pending = first.messages;
+            let mut pending = first;
             loop {
-                for message in pending.drain(..) {
+                if !pending.refused_proposals.is_empty() {
+                    let request_ids = std::mem::take(&mut pending.refused_proposals);
+                    if events
+                        .send(TransportEvent::Refused { request_ids })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                for message in pending.messages.drain(..) {
                     if message.from != from || message.to != expected_to {
                         let _ = accepted_tx
                             .send(Err(Status::invalid_argument(format!(
@@ -529,8 +548,20 @@ impl wire::peer_server::Peer for PeerService {
                         }
                     }
                 }
+                // After the frame's Raft messages: a forwarded write then
+                // meets a leader that has seen everything sent before it.
+                if !pending.forwarded_proposals.is_empty() {
+                    let proposals = std::mem::take(&mut pending.forwarded_proposals);
+                    if events
+                        .send(TransportEvent::Forwarded { from, proposals })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 match frames.message().await {
-                    Ok(Some(frame)) => pending = frame.messages,
+                    Ok(Some(frame)) => pending = frame,
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(from, %status, "raft stream from peer ended");
@@ -573,23 +604,5 @@ impl wire::peer_server::Peer for PeerService {
         )
         .await?;
         Ok(Response::new(ack))
-    }
-
-    async fn propose(
-        &self,
-        request: Request<wire::ProposeRequest>,
-    ) -> Result<Response<wire::ProposeResponse>, Status> {
-        let request = request.into_inner();
-        self.identity.admit(request.handshake.as_ref())?;
-        let Some(node) = self.node.get() else {
-            return Err(Status::unavailable("etcdserver: no leader"));
-        };
-        match node.propose(&request.payload, self.request_timeout).await {
-            Ok(result) => Ok(Response::new(wire::ProposeResponse { result })),
-            Err(NodeError::NotLeader { leader }) => Err(Status::failed_precondition(format!(
-                "not the leader; the leader is {leader:x}"
-            ))),
-            Err(error) => Err(Status::unavailable(error.to_string())),
-        }
     }
 }

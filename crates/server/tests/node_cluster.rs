@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    raft_config, LogStorage, Node, NodeError, NodeHandle, NodeOptions, StateMachine, StorageError,
+    raft_config, LogStorage, Node, NodeHandle, NodeOptions, StateMachine, StorageError,
 };
 use server::transport::{LocalIdentity, PeerService, Transport};
 use tokio::net::TcpListener;
@@ -159,7 +159,7 @@ fn handle(members: &[TestMember], position: usize) -> NodeHandle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proposals_commit_on_every_member_and_followers_redirect() {
+async fn proposals_commit_on_every_member_and_followers_forward() {
     let members = start_cluster().await;
     let leader = wait_for_leader(&members).await;
     let leader_handle = handle(&members, leader);
@@ -178,15 +178,32 @@ async fn proposals_commit_on_every_member_and_followers_redirect() {
         assert!(result.is_ok(), "{result:?}");
     }
 
+    // A follower forwards the write to the leader and answers when it
+    // applies the entry itself: the result is its own state machine's.
     let follower = (leader + 1) % 3;
     let follower_handle = handle(&members, follower);
-    match follower_handle
-        .propose(b"at a follower", Duration::from_secs(1))
+    let at_follower = follower_handle
+        .propose(b"at a follower", Duration::from_secs(5))
         .await
-    {
-        Err(NodeError::NotLeader { leader: id }) => assert_eq!(id, leader as u64 + 1),
-        other => panic!("a follower must redirect, got {other:?}"),
-    }
+        .expect("a follower forwards writes to the leader");
+    let index: u64 = std::str::from_utf8(&at_follower)
+        .expect("utf-8")
+        .parse()
+        .expect("an index");
+    assert!(
+        index > 50,
+        "the forwarded write comes after the 50 others: {index}"
+    );
+    let leader_log = members[leader]
+        .recorder
+        .applied
+        .lock()
+        .expect("lock")
+        .clone();
+    assert_eq!(
+        leader_log.last().map(|b| &b[..]),
+        Some(&b"at a follower"[..])
+    );
 
     // A linearizable read at the follower sees every committed write.
     follower_handle
@@ -200,7 +217,7 @@ async fn proposals_commit_on_every_member_and_followers_redirect() {
             .lock()
             .expect("lock")
             .len(),
-        50
+        51
     );
 
     for member in &members {

@@ -72,11 +72,61 @@ async fn messages_arrive_in_order_and_intact() {
     while got.len() < sent.len() {
         match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
             Ok(Some(TransportEvent::Received(message))) => got.push(message),
-            Ok(Some(TransportEvent::Unreachable(_) | TransportEvent::SnapshotSent { .. })) => {}
+            Ok(Some(_)) => {}
             Ok(None) | Err(_) => panic!("only {} of {} messages arrived", got.len(), sent.len()),
         }
     }
     assert_eq!(got, sent);
+}
+
+/// Forwarded writes and refusals travel in the same stream as Raft
+/// messages, after the messages queued before them, and name the sender.
+#[tokio::test]
+async fn forwarded_proposals_and_refusals_arrive_after_earlier_messages() {
+    let receiver = LocalIdentity {
+        cluster_id: 7,
+        member_id: 2,
+    };
+    let (addr, mut received) = serve_member(receiver).await;
+    let (sender_events, _sender_events_rx) = mpsc::channel(1024);
+    let transport = Transport::new(
+        LocalIdentity {
+            cluster_id: 7,
+            member_id: 1,
+        },
+        sender_events,
+    );
+    transport.set_peer(2, vec![format!("http://{addr}")]);
+
+    transport.send(vec![append(1, 2, 1)]);
+    let proposals = vec![Bytes::from_static(b"first"), Bytes::from_static(b"second")];
+    assert!(transport.forward(2, proposals.clone()));
+    transport.refuse(2, vec![41, 42]);
+    assert!(
+        !transport.forward(9, proposals.clone()),
+        "a proposal for an unknown peer is reported as not sent"
+    );
+
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
+            Ok(Some(TransportEvent::Unreachable(_))) => {}
+            Ok(Some(event)) => events.push(event),
+            Ok(None) | Err(_) => panic!("only {} of 3 events arrived: {events:?}", events.len()),
+        }
+    }
+    assert!(
+        matches!(&events[0], TransportEvent::Received(message) if *message == append(1, 2, 1)),
+        "{events:?}"
+    );
+    assert!(
+        matches!(&events[1], TransportEvent::Forwarded { from: 1, proposals: got } if *got == proposals),
+        "{events:?}"
+    );
+    assert!(
+        matches!(&events[2], TransportEvent::Refused { request_ids } if *request_ids == [41, 42]),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]

@@ -350,16 +350,6 @@ impl Peer for FakeMember {
         }
         Ok(Response::new(peer::SnapshotAck { size_bytes }))
     }
-
-    /// Echoes the payload, as a leader would answer with the apply result.
-    async fn propose(
-        &self,
-        request: Request<peer::ProposeRequest>,
-    ) -> Result<Response<peer::ProposeResponse>, Status> {
-        Ok(Response::new(peer::ProposeResponse {
-            result: request.into_inner().payload,
-        }))
-    }
 }
 
 pub struct TestServer {
