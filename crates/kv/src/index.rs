@@ -71,6 +71,24 @@ impl KeyHistory {
         })
     }
 
+    /// Records a put at `revision`: the open generation continues, or a new
+    /// one starts.
+    pub(crate) fn record_put(&mut self, revision: Revision) {
+        match self.generations.last_mut() {
+            Some(generation) if generation.deleted.is_none() => generation.revisions.push(revision),
+            _ => self.generations.push(Generation {
+                created: revision,
+                first_version: 1,
+                revisions: vec![revision],
+                deleted: None,
+            }),
+        }
+    }
+
+    pub(crate) fn visible(&self, at: i64) -> Option<VersionInfo> {
+        self.visible_at(at)
+    }
+
     fn is_live(&self) -> bool {
         self.generations
             .last()
@@ -85,16 +103,24 @@ pub struct KeyIndex {
 
 impl KeyIndex {
     pub fn put(&mut self, key: &Bytes, revision: Revision) {
-        let history = self.keys.entry(key.clone()).or_default();
-        match history.generations.last_mut() {
-            Some(generation) if generation.deleted.is_none() => generation.revisions.push(revision),
-            _ => history.generations.push(Generation {
-                created: revision,
-                first_version: 1,
-                revisions: vec![revision],
-                deleted: None,
-            }),
-        }
+        self.keys
+            .entry(key.clone())
+            .or_default()
+            .record_put(revision);
+    }
+
+    /// The history of `key`, to read and then extend with one lookup.
+    pub(crate) fn history_mut(&mut self, key: &[u8]) -> Option<&mut KeyHistory> {
+        self.keys.get_mut(key)
+    }
+
+    /// Starts the history of a key the index does not have.
+    pub(crate) fn insert_created(&mut self, key: Bytes, revision: Revision) {
+        debug_assert!(
+            !self.keys.contains_key(&key),
+            "insert_created on a known key"
+        );
+        self.keys.entry(key).or_default().record_put(revision);
     }
 
     /// Ends the key's current generation. Returns false if it was not live.

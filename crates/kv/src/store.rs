@@ -380,28 +380,15 @@ impl Store {
     }
 
     fn key_value(&self, key: &Bytes, info: VersionInfo, keys_only: bool) -> KeyValue {
-        let stored = self.values.get(&info.modified);
-        debug_assert!(
-            stored.is_some(),
-            "index points at revision {:?} with no value",
-            info.modified
-        );
-        let (value, lease) = stored.map_or((Bytes::new(), 0), |stored| {
-            (stored.value.clone(), stored.lease)
-        });
-        KeyValue {
-            key: key.clone(),
-            create_revision: info.created.main,
-            mod_revision: info.modified.main,
-            version: info.version,
-            value: if keys_only { Bytes::new() } else { value },
-            lease,
-        }
+        key_value_in(&self.values, key, info, keys_only)
     }
 
     fn put(&mut self, put: &PutRequest, ctx: &mut WriteContext) -> Result<PutResponse, ApplyError> {
         let at = self.read_revision_in(ctx);
-        let previous = self.index.get(&put.key, at);
+        // One index lookup serves both the read of the previous version and
+        // the record of the new one (the lookup is most of a put's cost).
+        let history = self.index.history_mut(&put.key);
+        let previous = history.as_deref().and_then(|history| history.visible(at));
         if put.ignore_value && !put.value.is_empty() {
             return Err(ERR_VALUE_PROVIDED);
         }
@@ -415,11 +402,11 @@ impl Store {
         if put.lease != 0 {
             return Err(ERR_LEASE_NOT_FOUND);
         }
-        // Reading the previous value costs a second lookup: only when asked.
+        // Reading the previous value costs another lookup: only when asked.
         let needs_previous = put.prev_kv || put.ignore_value || put.ignore_lease;
         let previous_kv = previous
             .filter(|_| needs_previous)
-            .map(|info| self.key_value(&put.key, info, false));
+            .map(|info| key_value_in(&self.values, &put.key, info, false));
         let value = if put.ignore_value {
             previous_kv
                 .as_ref()
@@ -433,7 +420,10 @@ impl Store {
             put.lease
         };
         let revision = ctx.next();
-        self.index.put(&put.key, revision);
+        match history {
+            Some(history) => history.record_put(revision),
+            None => self.index.insert_created(put.key.clone(), revision),
+        }
         self.stored_bytes += (put.key.len() + value.len()) as u64;
         self.values.insert(revision, StoredValue { value, lease });
         Ok(PutResponse {
@@ -775,5 +765,30 @@ fn set_txn_headers(response: &mut TxnResponse, revision: i64) {
             Some(response_op::Response::ResponseTxn(nested)) => set_txn_headers(nested, revision),
             None => {}
         }
+    }
+}
+
+fn key_value_in(
+    values: &BTreeMap<Revision, StoredValue>,
+    key: &Bytes,
+    info: VersionInfo,
+    keys_only: bool,
+) -> KeyValue {
+    let stored = values.get(&info.modified);
+    debug_assert!(
+        stored.is_some(),
+        "index points at revision {:?} with no value",
+        info.modified
+    );
+    let (value, lease) = stored.map_or((Bytes::new(), 0), |stored| {
+        (stored.value.clone(), stored.lease)
+    });
+    KeyValue {
+        key: key.clone(),
+        create_revision: info.created.main,
+        mod_revision: info.modified.main,
+        version: info.version,
+        value: if keys_only { Bytes::new() } else { value },
+        lease,
     }
 }

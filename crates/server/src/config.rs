@@ -88,7 +88,10 @@ impl Default for ServerConfig {
             initial_cluster_token: "raftkv-cluster".to_string(),
             heartbeat_interval: 100,
             election_timeout: 1000,
-            snapshot_count: 10_000,
+            // etcd's default since 3.2. Each snapshot writes the whole state
+            // (history included) while applies wait: at 10,000 a put-heavy
+            // load spent a fifth of its CPU writing snapshots.
+            snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             max_request_bytes: 1536 * 1024,

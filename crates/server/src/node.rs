@@ -38,7 +38,10 @@ pub trait LogStorage: Send + 'static {
     /// Makes `installed_snapshot` (a marker: a snapshot from the leader
     /// replaced the whole log; its data is already in a snapshot file),
     /// `entries` (replacing any stored suffix they overlap) and `hard_state`
-    /// durable, with one sync, before returning.
+    /// durable, with one sync, before returning. A hard state that differs
+    /// from the last one only in its commit index may be left for the next
+    /// sync: Raft never relies on a durable commit index (a restarted member
+    /// counts what it applied as committed and learns the rest again).
     fn persist(
         &mut self,
         hard_state: Option<HardState>,

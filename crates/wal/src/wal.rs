@@ -276,6 +276,18 @@ impl Wal {
         Ok(ticket)
     }
 
+    /// Queues `batch` without asking for a write: it reaches the disk with
+    /// the next group anyone writes (or when the log closes), and a crash
+    /// before that loses it. Only for records whose loss is harmless, such
+    /// as a hard state that moved only the commit index.
+    pub fn append_unsynced(&self, batch: WriteBatch<'_>) -> Result<(), WalError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut queue = lock(&self.shared.queue);
+        queue_batch(&mut queue, batch).map(|_| ())
+    }
+
     /// Blocks until the batch behind `ticket` is durable, or the log failed.
     pub fn wait(&self, ticket: Ticket) -> Result<(), WalError> {
         let mut queue = lock(&self.shared.queue);

@@ -274,3 +274,58 @@ fn a_failed_fsync_fails_the_batch_and_every_later_one() {
         .expect_err("nothing is accepted after a failed sync");
     assert!(error.to_string().contains("failed earlier"), "{error}");
 }
+
+#[test]
+fn an_unsynced_hard_state_is_durable_only_with_the_next_write() {
+    let fs = CrashFs::new();
+    let dir = Path::new("/wal");
+    let (log, _) = Wal::open(dir, options(&fs, WalFaults::default())).expect("open");
+    let mut model = ModelLog::default();
+    let entries = model.make_append(0, 3, true, 10);
+    let synced = HardState {
+        term: 1,
+        vote: 1,
+        commit: 1,
+    };
+    log.write(WriteBatch {
+        entries: &entries,
+        hard_state: Some(&synced),
+        ..WriteBatch::default()
+    })
+    .expect("entries");
+    let commit_only = HardState {
+        commit: 3,
+        ..synced
+    };
+    log.append_unsynced(WriteBatch {
+        hard_state: Some(&commit_only),
+        ..WriteBatch::default()
+    })
+    .expect("unsynced");
+
+    // Nobody asked for a write: a crash loses it, and only it.
+    let crashed = fs.crash(None);
+    drop(log);
+    let (log, recovered) = Wal::open(dir, options(&crashed, WalFaults::default())).expect("reopen");
+    assert_eq!(recovered.hard_state, synced);
+    assert_eq!(recovered.entries.len(), 3);
+
+    // The next write carries it to disk with its own sync.
+    log.append_unsynced(WriteBatch {
+        hard_state: Some(&commit_only),
+        ..WriteBatch::default()
+    })
+    .expect("unsynced");
+    let more = model.make_append(0, 1, false, 10);
+    log.write(WriteBatch {
+        entries: &more,
+        ..WriteBatch::default()
+    })
+    .expect("next write");
+    let crashed_again = crashed.crash(None);
+    drop(log);
+    let (_, recovered) =
+        Wal::open(dir, options(&crashed_again, WalFaults::default())).expect("reopen again");
+    assert_eq!(recovered.hard_state, commit_only);
+    assert_eq!(recovered.entries.len(), 4);
+}
