@@ -218,6 +218,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let is_client_command = !matches!(cli.command, Command::Server(_) | Command::Dev(_));
+    if is_client_command {
+        // Rust ignores SIGPIPE, so printing into a closed pipe
+        // (`raftkv get ... | head -1`) would panic. A client command ends
+        // quietly instead, as Unix tools do. Never for a member: a peer
+        // closing a socket must not kill it.
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid
+        // disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if !is_client_command && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         runtime.worker_threads(member_worker_threads());

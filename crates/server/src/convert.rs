@@ -46,7 +46,10 @@ pub fn entry_from_wire(entry: wire::Entry) -> Result<Entry, DecodeError> {
         term: entry.term,
         index: entry.index,
         kind,
-        data: entry.data,
+        // Its own buffer, not a slice of the received frame: the state
+        // machine keeps slices of entry data (values) for as long as they
+        // live, and a slice of a frame would pin the whole frame.
+        data: bytes::Bytes::copy_from_slice(&entry.data),
     })
 }
 

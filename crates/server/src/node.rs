@@ -58,7 +58,10 @@ pub trait LogStorage: Send + 'static {
 pub trait StateMachine: Send + 'static {
     /// Applies the payload of one committed normal entry (at `index`, of
     /// `term`); returns what the proposer waits for (if it is on this member).
-    fn apply(&mut self, index: u64, term: u64, payload: &[u8]) -> Result<Bytes, StorageError>;
+    /// `payload` shares the entry's buffer, so what the state machine keeps
+    /// of it (values) costs no copy and no second copy in memory while the
+    /// entry is still in the Raft log.
+    fn apply(&mut self, index: u64, term: u64, payload: Bytes) -> Result<Bytes, StorageError>;
     /// Records a configuration change entry as applied.
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), StorageError>;
     /// Replaces the whole state by the snapshot `snapshot` describes, whose
@@ -846,12 +849,14 @@ impl Applier {
                 raft::EntryKind::ConfChange => None,
             };
             let result = match (entry.kind, framed) {
-                (raft::EntryKind::Normal, Some((_, payload))) => {
-                    state_machine.apply(entry.index, entry.term, payload)?
-                }
+                (raft::EntryKind::Normal, Some(_)) => state_machine.apply(
+                    entry.index,
+                    entry.term,
+                    entry.data.slice(PROPOSAL_HEADER_BYTES..),
+                )?,
                 // A new leader's empty entry changes nothing but the index.
                 (raft::EntryKind::Normal, None) => {
-                    state_machine.apply(entry.index, entry.term, &[])?
+                    state_machine.apply(entry.index, entry.term, Bytes::new())?
                 }
                 (raft::EntryKind::ConfChange, _) => {
                     state_machine.apply_conf_change(entry)?;

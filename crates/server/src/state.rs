@@ -95,7 +95,7 @@ impl KvStateMachine {
 }
 
 impl StateMachine for KvStateMachine {
-    fn apply(&mut self, index: u64, _term: u64, payload: &[u8]) -> Result<Bytes, StorageError> {
+    fn apply(&mut self, index: u64, _term: u64, payload: Bytes) -> Result<Bytes, StorageError> {
         let mut state = self.state.write()?;
         state.applied_index = index;
         self.applied_index = index;

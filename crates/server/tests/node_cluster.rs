@@ -50,12 +50,9 @@ struct Recorder {
 }
 
 impl StateMachine for Recorder {
-    fn apply(&mut self, index: u64, _term: u64, payload: &[u8]) -> Result<Bytes, StorageError> {
+    fn apply(&mut self, index: u64, _term: u64, payload: Bytes) -> Result<Bytes, StorageError> {
         if !payload.is_empty() {
-            self.applied
-                .lock()
-                .expect("test lock")
-                .push(Bytes::copy_from_slice(payload));
+            self.applied.lock().expect("test lock").push(payload);
         }
         self.applied_index = index;
         Ok(Bytes::from(index.to_string()))
