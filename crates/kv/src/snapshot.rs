@@ -52,8 +52,8 @@ impl Store {
         out.write_all(&self.current_revision.to_le_bytes())?;
         out.write_all(&self.compacted_revision.to_le_bytes())?;
         out.write_all(&self.stored_bytes.to_le_bytes())?;
-        out.write_all(&(self.index.keys.len() as u64).to_le_bytes())?;
-        for (key, history) in &self.index.keys {
+        out.write_all(&(self.index.key_count() as u64).to_le_bytes())?;
+        for (key, history) in self.index.histories_in_order() {
             write_blob(&mut out, key)?;
             out.write_all(&(history.generations.len() as u32).to_le_bytes())?;
             for generation in &history.generations {
@@ -124,7 +124,7 @@ impl Store {
                     deleted,
                 });
             }
-            index.keys.insert(key.clone(), history);
+            index.insert_history(key.clone(), history);
             previous_key = Some(key);
         }
         let mut store = Store {
