@@ -96,7 +96,7 @@ impl KeyHistory {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct KeyIndex {
     /// Every key's history, for point lookups: a put or get is one hash
     /// lookup. (With a B-tree alone, its descent, a cache miss per level,

@@ -85,7 +85,7 @@ pub(crate) struct StoredValue {
 }
 
 /// The store. Revisions start at 1 on a fresh store.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) index: KeyIndex,
     pub(crate) values: BTreeMap<Revision, StoredValue>,

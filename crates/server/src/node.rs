@@ -68,15 +68,22 @@ pub trait StateMachine: Send + 'static {
     /// data the transport has already made durable where the state machine
     /// finds it.
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
-    /// Makes a durable image of the state as of the applied index, which
-    /// `snapshot` describes, before returning.
-    fn take_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
+    /// Fixes an image of the state as of the applied index, which
+    /// `snapshot` describes, and returns the job that makes it durable. The
+    /// job runs on its own thread while applying goes on (writing and
+    /// syncing a whole-state image of 100+ MB took long enough to stall
+    /// every write behind it), so the image must not change after this
+    /// returns.
+    fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError>;
     fn applied_index(&self) -> u64;
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StorageError(pub String);
+
+/// Writes one snapshot image durably; see [`StateMachine::snapshot_job`].
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
 
 /// Why a request could not be served.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,6 +171,8 @@ enum Input {
     },
     /// The applier made a durable snapshot; the log up to it may go.
     SnapshotTaken(SnapshotMetadata),
+    /// Writing a snapshot failed: the member stops (as for a failed sync).
+    SnapshotFailed(String),
     Stop,
 }
 
@@ -302,6 +311,7 @@ impl Node {
             snapshot_count: options.snapshot_count,
             last_snapshot_index: state_machine.applied_index(),
             applied_term: 0,
+            snapshot_writer: None,
         };
         let apply_thread = std::thread::Builder::new()
             .name("raftkv-apply".to_string())
@@ -587,6 +597,15 @@ impl<L: LogStorage> Driver<L> {
                         // Never proposed, so never applied: safe to retry.
                         self.waiters.fail(request_ids, &NodeError::NoLeader);
                     }
+                    Input::Transport(TransportEvent::NotDelivered { proposals }) => {
+                        let own = self.raft.id();
+                        let request_ids = proposals.iter().filter_map(|data| {
+                            unframe_proposal(data)
+                                .filter(|(origin, _)| origin.member == own)
+                                .map(|(origin, _)| origin.request)
+                        });
+                        self.waiters.fail(request_ids, &NodeError::NoLeader);
+                    }
                     Input::ReadIndex { done } => reads.push(done),
                     Input::ProposeConfChange { change, done } => {
                         let _ =
@@ -605,6 +624,11 @@ impl<L: LogStorage> Driver<L> {
                             self.fail_pending(NodeError::Stopped);
                             return;
                         }
+                    }
+                    Input::SnapshotFailed(error) => {
+                        tracing::error!(%error, "writing a snapshot failed; stopping the node");
+                        self.fail_pending(NodeError::Stopped);
+                        return;
                     }
                     Input::Stop => {
                         self.fail_pending(NodeError::Stopped);
@@ -799,6 +823,8 @@ struct Applier {
     last_snapshot_index: u64,
     /// Term of the last applied entry (or installed snapshot).
     applied_term: u64,
+    /// The snapshot being written, if any: one at a time.
+    snapshot_writer: Option<JoinHandle<()>>,
 }
 
 impl Applier {
@@ -808,23 +834,64 @@ impl Applier {
                 // The state machine could not record committed work:
                 // continuing would diverge from the other members.
                 tracing::error!(%error, "the state machine failed; stopping");
-                return;
+                break;
             }
             let applied = state_machine.applied_index();
-            if applied >= self.last_snapshot_index.saturating_add(self.snapshot_count) {
+            let writing = self
+                .snapshot_writer
+                .as_ref()
+                .is_some_and(|writer| !writer.is_finished());
+            if !writing && applied >= self.last_snapshot_index.saturating_add(self.snapshot_count) {
                 let snapshot = SnapshotMetadata {
                     index: applied,
                     term: self.applied_term,
                     conf_state: batch.conf_state.clone(),
                 };
-                if let Err(error) = state_machine.take_snapshot(&snapshot) {
-                    tracing::error!(%error, index = applied, "writing a snapshot failed; stopping");
-                    return;
+                if let Err(error) = self.start_snapshot(&mut state_machine, snapshot) {
+                    tracing::error!(%error, index = applied, "starting a snapshot failed; stopping");
+                    break;
                 }
                 self.last_snapshot_index = applied;
-                let _ = self.raft_input.send(Input::SnapshotTaken(snapshot));
             }
         }
+        // A snapshot being written finishes before the member stops.
+        if let Some(writer) = self.snapshot_writer.take() {
+            let _ = writer.join();
+        }
+    }
+
+    /// Fixes the image now and writes it on a thread of its own; the raft
+    /// thread hears of it once it is durable (or failed).
+    fn start_snapshot<S: StateMachine>(
+        &mut self,
+        state_machine: &mut S,
+        snapshot: SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        if let Some(previous) = self.snapshot_writer.take() {
+            let _ = previous.join();
+        }
+        let job = state_machine.snapshot_job(&snapshot)?;
+        let raft_input = self.raft_input.clone();
+        let writer = std::thread::Builder::new()
+            .name("raftkv-snapshot".to_string())
+            .spawn(move || {
+                let started = Instant::now();
+                let outcome = match job() {
+                    Ok(()) => {
+                        tracing::debug!(
+                            index = snapshot.index,
+                            millis = started.elapsed().as_millis() as u64,
+                            "snapshot written"
+                        );
+                        Input::SnapshotTaken(snapshot)
+                    }
+                    Err(error) => Input::SnapshotFailed(error.to_string()),
+                };
+                let _ = raft_input.send(outcome);
+            })
+            .map_err(|error| StorageError(format!("spawning the snapshot writer: {error}")))?;
+        self.snapshot_writer = Some(writer);
+        Ok(())
     }
 
     fn apply_batch<S: StateMachine>(

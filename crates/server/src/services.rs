@@ -34,8 +34,10 @@ pub struct ServiceContext {
     pub max_txn_ops: usize,
     pub version: &'static str,
     /// Test-only fault (debug builds, `RAFTKV_TEST_UNSAFE_LOCAL_READS=1`):
-    /// serve linearizable reads from local state without ReadIndex, so that
-    /// the nemesis tests can show their checker catches stale reads.
+    /// serve linearizable reads from local state once it has applied the
+    /// local commit index, without ReadIndex's leadership check, so that
+    /// the nemesis tests can show their checker catches a deposed leader's
+    /// stale reads.
     pub unsafe_local_reads: bool,
     /// Writes that add data are refused once the store holds this many
     /// bytes (etcd's --quota-backend-bytes).
@@ -130,7 +132,19 @@ impl pb::kv_server::Kv for KvService {
         let context = &self.0;
         context.check_size(request.encoded_len())?;
         kv::validate_range(&request).map_err(|error| apply_error_status(&error))?;
-        if !request.serializable && !context.unsafe_local_reads {
+        if !request.serializable && context.unsafe_local_reads {
+            // The test-only broken read: everything this member knows to be
+            // committed, without asking whether it still leads. A current
+            // leader answers correctly (any acknowledged write is within
+            // its commit index); a deposed one answers stale.
+            let deadline = std::time::Instant::now() + context.request_timeout;
+            let commit = context.node.status().commit_index;
+            context
+                .node
+                .wait_applied(commit, deadline)
+                .await
+                .map_err(node_status)?;
+        } else if !request.serializable {
             context
                 .node
                 .linearizable_read_barrier(context.request_timeout)

@@ -18,7 +18,7 @@ use proto::internal::{
 use raft::{Entry, NodeId, SnapshotMetadata};
 use wal::{SnapshotFiles, SnapshotReader, SnapshotWriter};
 
-use crate::node::{StateMachine, StorageError};
+use crate::node::{SnapshotJob, StateMachine, StorageError};
 
 /// What the cluster knows of a member beyond its Raft id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct MemberInfo {
     pub client_urls: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ReplicatedState {
     pub store: Store,
     pub members: BTreeMap<NodeId, MemberInfo>,
@@ -160,27 +160,32 @@ impl StateMachine for KvStateMachine {
         Ok(())
     }
 
-    fn take_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        let files = self.snapshot_files()?;
-        let error = |error: &dyn std::fmt::Display| {
-            StorageError(format!(
-                "writing the snapshot at index {}: {error}",
-                snapshot.index
-            ))
-        };
-        let mut writer = files.create(snapshot).map_err(|e| error(&e))?;
-        {
+    fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
+        let files = self.snapshot_files()?.clone();
+        // A copy of the structure (values are shared `Bytes`) is the image:
+        // applying goes on while it is written.
+        let image = {
             let state = self.state.read()?;
             debug_assert_eq!(
                 state.applied_index, snapshot.index,
                 "a snapshot is taken exactly at the applied index"
             );
-            state
+            state.clone()
+        };
+        let snapshot = snapshot.clone();
+        Ok(Box::new(move || {
+            let error = |error: &dyn std::fmt::Display| {
+                StorageError(format!(
+                    "writing the snapshot at index {}: {error}",
+                    snapshot.index
+                ))
+            };
+            let mut writer = files.create(&snapshot).map_err(|e| error(&e))?;
+            image
                 .write_image(&mut ChunkWriter(&mut writer))
                 .map_err(|e| error(&e))?;
-        }
-        writer.finish().map_err(|e| error(&e))?;
-        Ok(())
+            writer.finish().map(|_| ()).map_err(|e| error(&e))
+        }))
     }
 
     fn applied_index(&self) -> u64 {

@@ -58,6 +58,9 @@ pub enum TransportEvent {
     },
     /// A peer did not propose these forwarded requests (by request id).
     Refused { request_ids: Vec<u64> },
+    /// Forwarded proposals this member never sent (the stream to the peer
+    /// was down or broke before they left): never proposed anywhere.
+    NotDelivered { proposals: Vec<bytes::Bytes> },
 }
 
 /// Identity checked on every stream.
@@ -383,7 +386,6 @@ async fn run_peer_stream(
         };
         match endpoint.connect().await {
             Ok(channel) => {
-                backoff = RECONNECT_BACKOFF_MIN;
                 let mut client = PeerClient::new(channel)
                     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
@@ -400,12 +402,18 @@ async fn run_peer_stream(
                 let call = client.raft(Request::new(ReceiverStream::new(frames_rx)));
                 match tokio::time::timeout(Duration::from_secs(2), call).await {
                     Ok(Ok(response)) => {
+                        // Only an admitted stream proves the peer is back: a
+                        // TCP connect alone may be a proxy or load balancer
+                        // answering for a dead member, and resetting on it
+                        // retried such a peer every 50 ms.
+                        backoff = RECONNECT_BACKOFF_MIN;
                         let mut accepted = response.into_inner();
                         loop {
                             tokio::select! {
                                 frame = queue.recv() => {
                                     let Some(frame) = frame else { return; };
-                                    if frames_tx.send(frame).await.is_err() {
+                                    if let Err(unsent) = frames_tx.send(frame).await {
+                                        report_undelivered(unsent.0, &events);
                                         break;
                                     }
                                 }
@@ -437,13 +445,32 @@ async fn run_peer_stream(
             }
         }
         let _ = events.try_send(TransportEvent::Unreachable(peer));
-        // Drop what queued up while disconnected: it is stale by now.
-        while queue.try_recv().is_ok() {}
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-        if queue.is_closed() {
-            return;
+        // Drop what queued up while disconnected, and what comes while
+        // waiting to reconnect: Raft messages are stale by then, and
+        // forwarded writes fail at once rather than at their timeout.
+        while let Ok(frame) = queue.try_recv() {
+            report_undelivered(frame, &events);
         }
+        let reconnect_at = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(reconnect_at) => break,
+                frame = queue.recv() => match frame {
+                    Some(frame) => report_undelivered(frame, &events),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+    }
+}
+
+/// A frame that never left: its forwarded proposals go back to the node.
+fn report_undelivered(frame: wire::RaftFrame, events: &mpsc::Sender<TransportEvent>) {
+    if !frame.forwarded_proposals.is_empty() {
+        let _ = events.try_send(TransportEvent::NotDelivered {
+            proposals: frame.forwarded_proposals,
+        });
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    raft_config, LogStorage, Node, NodeHandle, NodeOptions, StateMachine, StorageError,
+    raft_config, LogStorage, Node, NodeHandle, NodeOptions, SnapshotJob, StateMachine, StorageError,
 };
 use server::transport::{LocalIdentity, PeerService, Transport};
 use tokio::net::TcpListener;
@@ -68,8 +68,8 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
-    fn take_snapshot(&mut self, _snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        Ok(())
+    fn snapshot_job(&mut self, _snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
+        Ok(Box::new(|| Ok(())))
     }
 
     fn applied_index(&self) -> u64 {
