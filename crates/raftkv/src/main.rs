@@ -14,6 +14,33 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in the bundled mimalloc (v3 `mimalloc.h`, enum
+/// `mi_option_e`); the bindings name no constant for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// Its default in that build (`src/options.c`), used to check that index 15
+/// is that option.
+const MI_PURGE_DELAY_DEFAULT_MS: std::os::raw::c_long = 1000;
+
+/// Members return freed memory to the system at once. By default mimalloc
+/// purges lazily, when the heap that owns the pages is next busy; a
+/// snapshot's copy of the state (~35 MB per 100,000 keys, freed by the
+/// snapshot thread when it ends) then stayed resident in an idle member.
+/// Measured: no throughput change under a put load.
+fn return_freed_memory_promptly() {
+    // SAFETY: reading and setting an allocator option; both are plain
+    // accesses to mimalloc's option table, valid at any time.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_PURGE_DELAY_DEFAULT_MS {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        } else {
+            tracing::warn!(
+                "mimalloc option {MI_OPTION_PURGE_DELAY} is not the purge delay in this build; \
+                 freed memory is returned lazily"
+            );
+        }
+    }
+}
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -228,6 +255,9 @@ fn main() -> anyhow::Result<()> {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    }
+    if !is_client_command {
+        return_freed_memory_promptly();
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if !is_client_command && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {

@@ -68,12 +68,12 @@ pub trait StateMachine: Send + 'static {
     /// data the transport has already made durable where the state machine
     /// finds it.
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
-    /// Fixes an image of the state as of the applied index, which
-    /// `snapshot` describes, and returns the job that makes it durable. The
-    /// job runs on its own thread while applying goes on (writing and
-    /// syncing a whole-state image of 100+ MB took long enough to stall
-    /// every write behind it), so the image must not change after this
-    /// returns.
+    /// Returns the job that makes an image of the state as of the applied
+    /// index, which `snapshot` describes, durable. The job runs on a thread
+    /// of its own; the applier applies nothing until the job calls its
+    /// `ImageFixed` (the image no longer depends on the live state), then
+    /// goes on while the job writes (writing and syncing a whole-state image
+    /// of 100+ MB stalled every write behind it).
     fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError>;
     fn applied_index(&self) -> u64;
 }
@@ -83,7 +83,17 @@ pub trait StateMachine: Send + 'static {
 pub struct StorageError(pub String);
 
 /// Writes one snapshot image durably; see [`StateMachine::snapshot_job`].
-pub type SnapshotJob = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
+pub type SnapshotJob = Box<dyn FnOnce(ImageFixed) -> Result<(), StorageError> + Send>;
+
+/// Called by a snapshot job once its image is fixed: applying resumes.
+/// (Dropping it without a call resumes applying too.)
+pub struct ImageFixed(std::sync::mpsc::SyncSender<()>);
+
+impl ImageFixed {
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
+}
 
 /// Why a request could not be served.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -871,12 +881,13 @@ impl Applier {
             let _ = previous.join();
         }
         let job = state_machine.snapshot_job(&snapshot)?;
+        let (fixed_tx, fixed_rx) = std::sync::mpsc::sync_channel(1);
         let raft_input = self.raft_input.clone();
         let writer = std::thread::Builder::new()
             .name("raftkv-snapshot".to_string())
             .spawn(move || {
                 let started = Instant::now();
-                let outcome = match job() {
+                let outcome = match job(ImageFixed(fixed_tx)) {
                     Ok(()) => {
                         tracing::debug!(
                             index = snapshot.index,
@@ -891,6 +902,11 @@ impl Applier {
             })
             .map_err(|error| StorageError(format!("spawning the snapshot writer: {error}")))?;
         self.snapshot_writer = Some(writer);
+        // The job copies the state on its own thread, so the copy's memory
+        // is that thread's and goes back to the system when it ends (freed
+        // from another thread, the allocator kept it: ~35 MB per 100,000
+        // keys stayed resident).
+        let _ = fixed_rx.recv();
         Ok(())
     }
 

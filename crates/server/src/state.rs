@@ -18,7 +18,7 @@ use proto::internal::{
 use raft::{Entry, NodeId, SnapshotMetadata};
 use wal::{SnapshotFiles, SnapshotReader, SnapshotWriter};
 
-use crate::node::{SnapshotJob, StateMachine, StorageError};
+use crate::node::{ImageFixed, SnapshotJob, StateMachine, StorageError};
 
 /// What the cluster knows of a member beyond its Raft id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,18 +162,20 @@ impl StateMachine for KvStateMachine {
 
     fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
         let files = self.snapshot_files()?.clone();
-        // A copy of the structure (values are shared `Bytes`) is the image:
-        // applying goes on while it is written.
-        let image = {
-            let state = self.state.read()?;
-            debug_assert_eq!(
-                state.applied_index, snapshot.index,
-                "a snapshot is taken exactly at the applied index"
-            );
-            state.clone()
-        };
+        let state = self.state.clone();
         let snapshot = snapshot.clone();
-        Ok(Box::new(move || {
+        Ok(Box::new(move |fixed: ImageFixed| {
+            // A copy of the structure (values are shared `Bytes`) is the
+            // image: applying goes on while it is written.
+            let image = {
+                let state = state.read()?;
+                debug_assert_eq!(
+                    state.applied_index, snapshot.index,
+                    "a snapshot is taken exactly at the applied index"
+                );
+                state.clone()
+            };
+            fixed.done();
             let error = |error: &dyn std::fmt::Display| {
                 StorageError(format!(
                     "writing the snapshot at index {}: {error}",

@@ -69,7 +69,7 @@ impl StateMachine for Recorder {
     }
 
     fn snapshot_job(&mut self, _snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        Ok(Box::new(|| Ok(())))
+        Ok(Box::new(|_| Ok(())))
     }
 
     fn applied_index(&self) -> u64 {
