@@ -29,6 +29,20 @@ async fn serve_member(identity: LocalIdentity) -> (SocketAddr, mpsc::Receiver<Tr
     (addr, events_rx)
 }
 
+/// The sending side: member `member_id` of cluster `cluster_id`, with its
+/// own event channel (unreachable peers, undelivered proposals).
+fn sender(cluster_id: u64, member_id: u64) -> (Transport, mpsc::Receiver<TransportEvent>) {
+    let (events, events_rx) = mpsc::channel(1024);
+    let transport = Transport::new(
+        LocalIdentity {
+            cluster_id,
+            member_id,
+        },
+        events,
+    );
+    (transport, events_rx)
+}
+
 fn append(from: u64, to: u64, index: u64) -> Message {
     Message {
         from,
@@ -54,14 +68,7 @@ async fn messages_arrive_in_order_and_intact() {
         member_id: 2,
     };
     let (addr, mut received) = serve_member(receiver).await;
-    let (sender_events, _sender_events_rx) = mpsc::channel(1024);
-    let transport = Transport::new(
-        LocalIdentity {
-            cluster_id: 7,
-            member_id: 1,
-        },
-        sender_events,
-    );
+    let (transport, _sender_events_rx) = sender(7, 1);
     transport.set_peer(2, vec![format!("http://{addr}")]);
 
     let sent: Vec<Message> = (1..=200).map(|index| append(1, 2, index)).collect();
@@ -88,14 +95,7 @@ async fn forwarded_proposals_and_refusals_arrive_after_earlier_messages() {
         member_id: 2,
     };
     let (addr, mut received) = serve_member(receiver).await;
-    let (sender_events, _sender_events_rx) = mpsc::channel(1024);
-    let transport = Transport::new(
-        LocalIdentity {
-            cluster_id: 7,
-            member_id: 1,
-        },
-        sender_events,
-    );
+    let (transport, _sender_events_rx) = sender(7, 1);
     transport.set_peer(2, vec![format!("http://{addr}")]);
 
     transport.send(vec![append(1, 2, 1)]);
@@ -136,14 +136,7 @@ async fn a_member_of_another_cluster_is_refused() {
         member_id: 2,
     };
     let (addr, mut received) = serve_member(receiver).await;
-    let (sender_events, mut sender_events_rx) = mpsc::channel(1024);
-    let stranger = Transport::new(
-        LocalIdentity {
-            cluster_id: 8,
-            member_id: 1,
-        },
-        sender_events,
-    );
+    let (stranger, mut sender_events_rx) = sender(8, 1);
     stranger.set_peer(2, vec![format!("http://{addr}")]);
     stranger.send(vec![append(1, 2, 1)]);
 
@@ -182,14 +175,7 @@ async fn a_peer_that_accepts_tcp_but_no_stream_is_retried_with_backoff() {
             drop(socket);
         }
     });
-    let (sender_events, _sender_events_rx) = mpsc::channel(1024);
-    let transport = Transport::new(
-        LocalIdentity {
-            cluster_id: 7,
-            member_id: 1,
-        },
-        sender_events,
-    );
+    let (transport, _sender_events_rx) = sender(7, 1);
     let started = std::time::Instant::now();
     transport.set_peer(2, vec![format!("http://{addr}")]);
     let deadline = started + Duration::from_secs(10);
@@ -222,14 +208,7 @@ async fn proposals_for_an_unreachable_peer_come_back_undelivered() {
         .expect("bind loopback")
         .local_addr()
         .expect("local addr");
-    let (sender_events, mut sender_events_rx) = mpsc::channel(1024);
-    let transport = Transport::new(
-        LocalIdentity {
-            cluster_id: 7,
-            member_id: 1,
-        },
-        sender_events,
-    );
+    let (transport, mut sender_events_rx) = sender(7, 1);
     transport.set_peer(2, vec![format!("http://{unused}")]);
     let proposals = vec![Bytes::from_static(b"lost")];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
