@@ -142,6 +142,8 @@ struct ServerFlags {
     /// Milliseconds.
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT")]
     election_timeout: Option<u64>,
+    /// Applied entries between snapshots of the state (default 100000, as
+    /// etcd's).
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT")]
     snapshot_count: Option<u64>,
     /// Entries kept in the log after a snapshot, for followers slightly
