@@ -728,6 +728,10 @@ impl<L: LogStorage> Driver<L> {
                 }
             }
         }
+        // Published before any message leaves: a peer that learns a commit
+        // index from us (and acknowledges a write at it) must never be ahead
+        // of what this member's own status says it has committed.
+        self.publish_status();
         self.transport.send(std::mem::take(&mut ready.messages));
         self.log.persist(
             ready.hard_state,

@@ -3,6 +3,7 @@
 //! Raft core working together.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,15 +21,22 @@ use tokio_stream::wrappers::TcpListenerStream;
 #[derive(Default)]
 struct MemoryLog {
     entries: Vec<Entry>,
+    /// Milliseconds every persist that writes something takes, like a slow
+    /// disk; settable while the member runs.
+    persist_delay_ms: Arc<AtomicU64>,
 }
 
 impl LogStorage for MemoryLog {
     fn persist(
         &mut self,
-        _hard_state: Option<HardState>,
+        hard_state: Option<HardState>,
         entries: &[Entry],
         _snapshot: Option<&SnapshotMetadata>,
     ) -> Result<(), StorageError> {
+        let delay = self.persist_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 && (hard_state.is_some() || !entries.is_empty()) {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if let Some(first) = entries.first() {
             self.entries.retain(|entry| entry.index < first.index);
             self.entries.extend_from_slice(entries);
@@ -80,6 +88,7 @@ impl StateMachine for Recorder {
 struct TestMember {
     node: Node,
     recorder: Recorder,
+    persist_delay_ms: Arc<AtomicU64>,
 }
 
 async fn start_cluster() -> Vec<TestMember> {
@@ -114,9 +123,13 @@ async fn start_cluster() -> Vec<TestMember> {
         }
         let raft = Raft::bootstrap(raft_config(id, 20, 200, id), &ids).expect("bootstrap");
         let recorder = Recorder::default();
+        let persist_delay_ms = Arc::new(AtomicU64::new(0));
         let node = Node::start(
             raft,
-            MemoryLog::default(),
+            MemoryLog {
+                entries: Vec::new(),
+                persist_delay_ms: persist_delay_ms.clone(),
+            },
             recorder.clone(),
             transport,
             events_rx,
@@ -127,7 +140,11 @@ async fn start_cluster() -> Vec<TestMember> {
                 snapshot_catchup_entries: 100,
             },
         );
-        members.push(TestMember { node, recorder });
+        members.push(TestMember {
+            node,
+            recorder,
+            persist_delay_ms,
+        });
     }
     members
 }
@@ -235,6 +252,57 @@ async fn proposals_commit_on_every_member_and_followers_forward() {
     for member in &members {
         assert_eq!(*member.recorder.applied.lock().expect("lock"), reference);
     }
+    for member in members {
+        member.node.stop();
+    }
+}
+
+/// A follower may answer a write as soon as it learns the entry is
+/// committed. The leader it learned that from must already say so in its
+/// status, even while its own disk is still busy with the same round:
+/// reads that trust a member's status depend on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_a_commit_before_its_followers_learn_it() {
+    let members = start_cluster().await;
+    let leader = wait_for_leader(&members).await;
+    let leader_handle = handle(&members, leader);
+    leader_handle
+        .propose(b"warm up", Duration::from_secs(5))
+        .await
+        .expect("a write through the leader");
+    // The leader's persist now takes long enough that a follower applies
+    // and answers well inside it.
+    members[leader].persist_delay_ms.store(60, Ordering::SeqCst);
+    let term = leader_handle.status().term;
+    let follower_handle = handle(&members, (leader + 1) % 3);
+    // A round where leadership moved (a loaded machine can stall a member
+    // past the election timeout) proves nothing; it is not counted.
+    let mut checked = 0;
+    for round in 0..10 {
+        let answer = follower_handle
+            .propose(format!("round {round}").as_bytes(), Duration::from_secs(10))
+            .await
+            .expect("a write through a follower");
+        let index: u64 = std::str::from_utf8(&answer)
+            .expect("utf-8")
+            .parse()
+            .expect("an index");
+        let status = leader_handle.status();
+        if status.term != term || !status.role_is_leader {
+            continue;
+        }
+        assert!(
+            status.commit_index >= index,
+            "round {round}: a follower answered index {index} while the leader's status \
+             still said commit index {}",
+            status.commit_index
+        );
+        checked += 1;
+        if checked == 3 {
+            break;
+        }
+    }
+    assert!(checked > 0, "leadership moved in every round");
     for member in members {
         member.node.stop();
     }
