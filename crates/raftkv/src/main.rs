@@ -265,6 +265,15 @@ fn main() -> anyhow::Result<()> {
     if !is_client_command && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         runtime.worker_threads(member_worker_threads());
     }
+    // With the LIFO slot, a task that finishes a gRPC response wakes its
+    // HTTP/2 connection task, which runs next and writes that one response:
+    // one `writev` (and on loopback, the receiver's whole TCP path) per
+    // request. Without it the connection task queues behind the other
+    // responses woken by the same applied batch and writes them together.
+    // Measured on 2 cores, 256 clients, 3 members: put 18,100 -> 19,700-21,300/s,
+    // CPU per put members 71 -> 61 us, load generator 28 -> 22 us.
+    #[cfg(tokio_unstable)]
+    runtime.disable_lifo_slot();
     let runtime = runtime
         .enable_all()
         .build()
