@@ -5,7 +5,11 @@
 //! The trait is deliberately the short list of operations whose durability
 //! the design reasons about: append, `fdatasync`, truncate, create, rename,
 //! remove, and fsync of a directory. Anything else a caller wants must be
-//! built from these, so that the crash tests see it.
+//! built from these, so that the crash tests see it. The one exception is
+//! how far ahead of its appends a log file is extended with zeros
+//! (`create_log`): `CrashFs` does not extend its files, so the crash tests
+//! check the log's logic on files that end at their last write, and
+//! `tests/corruption.rs` checks how recovery reads a zero tail.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,6 +26,15 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Creates `path`, failing if it exists. Its directory entry is durable
     /// only after [`FileSystem::sync_dir`].
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates `path` like [`FileSystem::create_new`], for a log whose
+    /// reader takes zeros after its last record for its end: the file may
+    /// be extended with zeros ahead of the appends, `extension_bytes` at a
+    /// time, so that most syncs write only data and not also the file's new
+    /// size.
+    fn create_log(&self, path: &Path, extension_bytes: u64) -> io::Result<Box<dyn WritableFile>> {
+        let _ = extension_bytes;
+        self.create_new(path)
+    }
     /// Opens an existing file for appending at its end.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -74,6 +87,59 @@ impl WritableFile for StdFile {
     }
 }
 
+/// A log file whose size runs ahead of its contents: zeros are written up
+/// to the next multiple of `extension_bytes` before an append would
+/// pass the end, and appends overwrite them in place. On ext4, `fdatasync`
+/// after an append that changes the file's size must also write the inode
+/// (a second I/O); after an append within the file it writes only data.
+///
+/// Invariant: `len <= extended_to`, and every byte of the file from `len`
+/// on is zero, so a reader sees the end of the records as the start of
+/// the zeros (recovery's rule for a torn or unused tail).
+struct ZeroExtendedFile {
+    file: File,
+    /// Bytes appended: where the next append goes.
+    len: u64,
+    /// The file's size: zeros from `len` to here.
+    extended_to: u64,
+    extension_bytes: u64,
+}
+
+impl WritableFile for ZeroExtendedFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = self.len + data.len() as u64;
+        if end > self.extended_to {
+            let target = end.div_ceil(self.extension_bytes) * self.extension_bytes;
+            let zeros = vec![0u8; (target - self.extended_to) as usize];
+            self.file.write_all_at(&zeros, self.extended_to)?;
+            self.extended_to = target;
+        }
+        self.file.write_all_at(data, self.len)?;
+        self.len = end;
+        debug_assert!(
+            self.len <= self.extended_to,
+            "a log file's appends passed its size"
+        );
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        self.extended_to = len;
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
 impl FileSystem for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
@@ -115,6 +181,16 @@ impl FileSystem for StdFs {
         Ok(Box::new(StdFile { file, len: 0 }))
     }
 
+    fn create_log(&self, path: &Path, extension_bytes: u64) -> io::Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Box::new(ZeroExtendedFile {
+            file,
+            len: 0,
+            extended_to: 0,
+            extension_bytes: extension_bytes.max(1),
+        }))
+    }
+
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         // O_APPEND: after a `truncate` the next write lands at the new end
         // with no seek to keep in step.
@@ -133,5 +209,39 @@ impl FileSystem for StdFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_file_runs_ahead_in_zeros_and_reads_back_what_was_appended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let mut file = StdFs.create_log(&path, 100).expect("create");
+        let mut written = Vec::new();
+        for round in 0u8..30 {
+            let chunk = vec![round + 1; 7 + round as usize];
+            file.append(&chunk).expect("append");
+            written.extend_from_slice(&chunk);
+            assert_eq!(file.len(), written.len() as u64);
+        }
+        file.sync_data().expect("sync");
+        let on_disk = std::fs::read(&path).expect("read");
+        assert_eq!(on_disk.len() % 100, 0, "extended in whole steps");
+        assert!(on_disk.len() >= written.len() && on_disk.len() < written.len() + 100);
+        assert_eq!(&on_disk[..written.len()], &written[..]);
+        assert!(on_disk[written.len()..].iter().all(|&byte| byte == 0));
+
+        // Cut back: the next append lands at the cut, and zeros follow it.
+        file.truncate(50).expect("truncate");
+        file.append(b"after the cut").expect("append");
+        let on_disk = std::fs::read(&path).expect("read");
+        assert_eq!(&on_disk[..50], &written[..50]);
+        assert_eq!(&on_disk[50..63], b"after the cut");
+        assert!(on_disk[63..].iter().all(|&byte| byte == 0));
+        assert_eq!(file.len(), 63);
     }
 }

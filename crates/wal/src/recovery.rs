@@ -38,6 +38,21 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(stem, 16).ok()
 }
 
+/// The smallest unit a disk writes whole: a write torn by a crash leaves
+/// each such sector either written or as it was.
+const SECTOR_BYTES: u64 = 512;
+
+/// Whether the record position `file_offset` (with `rest` the bytes from
+/// there on) holds zeros to the end of the sector its header ends in: the
+/// start of a write that never reached the disk while later sectors of it
+/// did. No record that was written begins with a zero header.
+fn starts_unwritten(file_offset: u64, rest: &[u8]) -> bool {
+    let header_end = file_offset + record::HEADER_BYTES as u64;
+    let sector_end = header_end.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+    let span = ((sector_end - file_offset) as usize).min(rest.len());
+    rest[..span].iter().all(|&byte| byte == 0)
+}
+
 /// What a restarting member finds in its log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveredLog {
@@ -67,6 +82,9 @@ pub(crate) struct ScannedSegment {
     pub path: PathBuf,
     /// Bytes of whole, valid records; the file is cut here if shorter.
     pub valid_len: u64,
+    /// Whether what follows `valid_len` holds a torn record (rather than
+    /// nothing, or only the zeros the segment was extended with).
+    pub torn_tail: bool,
     pub file_len: u64,
     /// Highest entry index written in this segment (0 if none).
     pub max_entry_index: u64,
@@ -199,6 +217,7 @@ pub(crate) fn recover(
         let bytes = fs.read(&path).map_err(io(&path))?;
         let mut offset = 0usize;
         let mut max_entry_index = 0;
+        let mut torn_tail = false;
         while offset < bytes.len() {
             let rest = &bytes[offset..];
             let corrupt = |reason: String| WalError::Corrupt {
@@ -226,20 +245,32 @@ pub(crate) fn recover(
                     }
                     offset += length;
                 }
-                Decoded::Incomplete if is_last => break,
+                Decoded::Incomplete if is_last => {
+                    torn_tail = true;
+                    break;
+                }
                 Decoded::Incomplete => {
                     return Err(corrupt(
                         "record cut short in a segment that is not the last".into(),
                     ))
                 }
                 Decoded::Damaged { reason, length } => {
-                    // A write cut short by a crash leaves either a record
-                    // that ends at the end of the file or bytes never written
-                    // (zeros). Anything else is damage to data that was
-                    // durable, and must not be papered over.
+                    // Only the writes after the last sync can be torn, and
+                    // only in the last segment. A crash cuts them short (the
+                    // damaged record is the last thing in the file: nothing
+                    // or only zeros after it, as segments are extended with
+                    // zeros ahead of their appends, `fs::ZeroExtendedFile`),
+                    // or writes later pages of them but not the first (the
+                    // record starts with a sector of zeros). Anything else
+                    // is damage to data that was durable, and must not be
+                    // papered over.
                     let torn = is_last
-                        && (offset + length >= bytes.len() || rest.iter().all(|&byte| byte == 0));
+                        && (rest
+                            .get(length..)
+                            .is_none_or(|after| after.iter().all(|&byte| byte == 0))
+                            || starts_unwritten(offset as u64, rest));
                     if torn {
+                        torn_tail = rest.iter().any(|&byte| byte != 0);
                         break;
                     }
                     return Err(corrupt(reason));
@@ -257,6 +288,7 @@ pub(crate) fn recover(
             sequence,
             path,
             valid_len: offset as u64,
+            torn_tail,
             file_len: bytes.len() as u64,
             max_entry_index,
         });

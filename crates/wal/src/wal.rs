@@ -37,6 +37,14 @@ use crate::WalError;
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How far ahead of the appends a segment file is extended with zeros
+/// (`FileSystem::create_log`). Measured on ext4 (2 KiB appends, each
+/// followed by `fdatasync`): a file that grows with every append costs
+/// 236 µs and 72 µs of CPU per sync; one extended 1 MiB at a time, 140 µs
+/// and 49 µs. 4 MiB steps were slower (155 µs): each step's zeros are
+/// written with the next sync.
+const LOG_EXTENSION_BYTES: u64 = 1024 * 1024;
+
 /// Syncs a test can switch off to prove the crash tests notice. Debug builds
 /// only, like `raft::FaultSwitches`.
 #[cfg(debug_assertions)]
@@ -174,7 +182,7 @@ impl Wal {
         let (recovered, mut scanned) = recovery::recover(fs.as_ref(), dir)?;
 
         if let Some(last) = scanned.last() {
-            if last.valid_len < last.file_len {
+            if last.torn_tail {
                 tracing::warn!(
                     file = %last.path.display(),
                     offset = last.valid_len,
@@ -603,7 +611,10 @@ impl Writer {
     fn start_segment(&mut self, shared: &Shared, sequence: u64) -> Result<(), WalError> {
         self.active_sequence = sequence;
         let path = self.active_path();
-        let mut file = self.fs.create_new(&path).map_err(self.io(path.clone()))?;
+        let mut file = self
+            .fs
+            .create_log(&path, self.segment_bytes.min(LOG_EXTENSION_BYTES))
+            .map_err(self.io(path.clone()))?;
         #[cfg(debug_assertions)]
         let skip_dir_sync = self.faults.skip_dir_sync_after_create;
         #[cfg(not(debug_assertions))]
@@ -635,8 +646,17 @@ impl Writer {
             .as_ref()
             .is_none_or(|file| file.len() >= self.segment_bytes);
         if full {
-            // The active segment was synced with the last group: it is
-            // complete on disk before the next one is created.
+            // The active segment was synced with the last group. Its zeros
+            // past the last record are cut off (durably) before the next
+            // segment exists: only the last segment may end in zeros, so
+            // recovery can hold every other one to ending at a record.
+            let path = self.active_path();
+            if let Some(file) = self.active.as_mut() {
+                let len = file.len();
+                file.truncate(len)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|source| WalError::Io { path, source })?;
+            }
             self.start_segment(shared, self.active_sequence + 1)?;
         }
         let path = self.active_path();

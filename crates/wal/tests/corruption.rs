@@ -41,11 +41,13 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
-/// Byte offsets at which records start in a segment file.
+/// Byte offsets at which records start in a segment file. The records end
+/// where the file does or where its zeros begin (segments are extended with
+/// zeros ahead of their appends).
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut offset = 0;
-    while offset + 9 <= bytes.len() {
+    while offset + 9 <= bytes.len() && bytes[offset..offset + 9].iter().any(|&byte| byte != 0) {
         offsets.push(offset);
         let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
         offset += 9 + length as usize;
@@ -124,6 +126,14 @@ fn a_chopped_tail_is_cut_off_and_the_log_opens() {
     let bytes = std::fs::read(last).expect("read");
     let offsets = record_offsets(&bytes);
     let last_record = *offsets.last().expect("records");
+    let records_end = last_record
+        + 9
+        + u32::from_le_bytes(
+            bytes[last_record..last_record + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+    let bytes = &bytes[..records_end];
     // Whatever the cut inside the last record, exactly that record goes.
     for cut in [1usize, 5, 9, 20, bytes.len() - last_record - 1] {
         let scratch = tempfile::tempdir().expect("tempdir");
@@ -164,6 +174,39 @@ fn zeroed_tail_pages_are_a_torn_tail() {
     std::fs::write(&last, bytes).expect("write");
     let (_, recovered) = Wal::open(dir.path(), options()).expect("zeros at the end must open");
     model.assert_recovered(&recovered);
+}
+
+/// A crash can write the later pages of the last write and not its first:
+/// the last record then starts with zeros up to a sector boundary, and its
+/// remaining bytes are still there. That is a torn tail too.
+#[test]
+fn a_last_record_whose_first_sector_never_reached_the_disk_is_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = fill(dir.path());
+    let last = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("read");
+    let last_record = *record_offsets(&bytes).last().expect("records");
+    let sector_end = (last_record + 9).div_ceil(512) * 512;
+    let length = u32::from_le_bytes(bytes[last_record..last_record + 4].try_into().expect("4"));
+    let record_end = last_record + 9 + length as usize;
+    assert!(
+        sector_end < record_end || bytes[sector_end.min(bytes.len())..].iter().all(|&b| b == 0),
+        "the test needs bytes of the record after the zeroed sector, or none at all"
+    );
+    bytes[last_record..sector_end.min(record_end)].fill(0);
+    // Bytes of the record past the zeroed sector stay (if any), and the
+    // zeros the segment was extended with follow.
+    bytes.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&last, &bytes).expect("write");
+    let (_, recovered) = Wal::open(dir.path(), options()).expect("a torn tail must open");
+    let mut expected = model.clone();
+    expected.entries.pop();
+    expected.assert_recovered(&recovered);
+    assert_eq!(
+        std::fs::metadata(&last).expect("stat").len(),
+        last_record as u64,
+        "the log is cut where the torn record began"
+    );
 }
 
 #[test]
