@@ -60,67 +60,52 @@ pub trait WritableFile: Send {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdFs;
 
+/// A file of the real file system. Opened for appending (`O_APPEND`), or,
+/// for a log (`create_log`), written in place ahead of which the file is
+/// extended with zeros.
 struct StdFile {
     file: File,
+    /// Bytes appended: where the next append goes.
     len: u64,
+    zero_extension: Option<ZeroExtension>,
+}
+
+/// A log file's size runs ahead of its contents: zeros are written up to
+/// the next multiple of `step_bytes` before an append would pass the end,
+/// and appends overwrite them in place. On ext4, `fdatasync` after an
+/// append that changes the file's size must also write the inode (a
+/// second I/O); after an append within the file it writes only data.
+///
+/// Invariant: the file's `len <= extended_to`, and every byte of the file
+/// from `len` on is zero, so a reader sees the end of the records as the
+/// start of the zeros (recovery's rule for a torn or unused tail).
+struct ZeroExtension {
+    /// The file's size.
+    extended_to: u64,
+    step_bytes: u64,
 }
 
 impl WritableFile for StdFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)?;
-        self.len += data.len() as u64;
-        Ok(())
-    }
-
-    fn sync_data(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)?;
-        self.len = len;
-        Ok(())
-    }
-
-    fn len(&self) -> u64 {
-        self.len
-    }
-}
-
-/// A log file whose size runs ahead of its contents: zeros are written up
-/// to the next multiple of `extension_bytes` before an append would
-/// pass the end, and appends overwrite them in place. On ext4, `fdatasync`
-/// after an append that changes the file's size must also write the inode
-/// (a second I/O); after an append within the file it writes only data.
-///
-/// Invariant: `len <= extended_to`, and every byte of the file from `len`
-/// on is zero, so a reader sees the end of the records as the start of
-/// the zeros (recovery's rule for a torn or unused tail).
-struct ZeroExtendedFile {
-    file: File,
-    /// Bytes appended: where the next append goes.
-    len: u64,
-    /// The file's size: zeros from `len` to here.
-    extended_to: u64,
-    extension_bytes: u64,
-}
-
-impl WritableFile for ZeroExtendedFile {
-    fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let end = self.len + data.len() as u64;
-        if end > self.extended_to {
-            let target = end.div_ceil(self.extension_bytes) * self.extension_bytes;
-            let zeros = vec![0u8; (target - self.extended_to) as usize];
-            self.file.write_all_at(&zeros, self.extended_to)?;
-            self.extended_to = target;
+        match &mut self.zero_extension {
+            None => self.file.write_all(data)?,
+            Some(extension) => {
+                use std::os::unix::fs::FileExt;
+                if end > extension.extended_to {
+                    let target = end.div_ceil(extension.step_bytes) * extension.step_bytes;
+                    let zeros = vec![0u8; (target - extension.extended_to) as usize];
+                    self.file.write_all_at(&zeros, extension.extended_to)?;
+                    extension.extended_to = target;
+                }
+                self.file.write_all_at(data, self.len)?;
+                debug_assert!(
+                    end <= extension.extended_to,
+                    "a log file's appends passed its size"
+                );
+            }
         }
-        self.file.write_all_at(data, self.len)?;
         self.len = end;
-        debug_assert!(
-            self.len <= self.extended_to,
-            "a log file's appends passed its size"
-        );
         Ok(())
     }
 
@@ -131,7 +116,9 @@ impl WritableFile for ZeroExtendedFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
         self.len = len;
-        self.extended_to = len;
+        if let Some(extension) = &mut self.zero_extension {
+            extension.extended_to = len;
+        }
         Ok(())
     }
 
@@ -178,16 +165,22 @@ impl FileSystem for StdFs {
             .append(true)
             .create_new(true)
             .open(path)?;
-        Ok(Box::new(StdFile { file, len: 0 }))
+        Ok(Box::new(StdFile {
+            file,
+            len: 0,
+            zero_extension: None,
+        }))
     }
 
     fn create_log(&self, path: &Path, extension_bytes: u64) -> io::Result<Box<dyn WritableFile>> {
         let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        Ok(Box::new(ZeroExtendedFile {
+        Ok(Box::new(StdFile {
             file,
             len: 0,
-            extended_to: 0,
-            extension_bytes: extension_bytes.max(1),
+            zero_extension: Some(ZeroExtension {
+                extended_to: 0,
+                step_bytes: extension_bytes.max(1),
+            }),
         }))
     }
 
@@ -196,7 +189,11 @@ impl FileSystem for StdFs {
         // with no seek to keep in step.
         let file = OpenOptions::new().append(true).open(path)?;
         let len = file.metadata()?.len();
-        Ok(Box::new(StdFile { file, len }))
+        Ok(Box::new(StdFile {
+            file,
+            len,
+            zero_extension: None,
+        }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

@@ -259,7 +259,7 @@ pub(crate) fn recover(
                     // only in the last segment. A crash cuts them short (the
                     // damaged record is the last thing in the file: nothing
                     // or only zeros after it, as segments are extended with
-                    // zeros ahead of their appends, `fs::ZeroExtendedFile`),
+                    // zeros ahead of their appends, `fs::ZeroExtension`),
                     // or writes later pages of them but not the first (the
                     // record starts with a sector of zeros). Anything else
                     // is damage to data that was durable, and must not be
