@@ -10,8 +10,11 @@
 //!   `sync_dir` of that directory;
 //! - directories themselves are created durably (the log's directory exists
 //!   before the log is opened; modelling its own fsync would test nothing);
-//! - optionally a crash keeps a random prefix of a file's unsynced appended
-//!   bytes, as a write cut short by a power loss would.
+//! - log files (`create_log`) run ahead of their appends in zeros, in the
+//!   same steps as the real ones, and appends overwrite the zeros;
+//! - optionally a crash keeps a random prefix of a file's unsynced change
+//!   (appended bytes, or bytes written over a log file's zeros), as a write
+//!   cut short by a power loss would.
 //!
 //! A crash returns a new `CrashFs` for the restarted process; the old one
 //! and every file handle opened through it stop working, like the dead
@@ -28,8 +31,80 @@ use crate::fs::{FileSystem, WritableFile};
 #[derive(Clone, Default)]
 pub struct CrashFs {
     state: Arc<Mutex<State>>,
+    /// A file sync held back by [`CrashFs::hold_file_sync`].
+    hold: Arc<SyncHold>,
     /// The life this handle belongs to; see [`CrashFs::crash`].
     generation: u64,
+}
+
+/// Lets a test stop the writer inside one file sync and act meanwhile.
+#[derive(Default)]
+pub struct SyncHold {
+    state: Mutex<HoldState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct HoldState {
+    /// File syncs still to pass before the held one.
+    armed: Option<u64>,
+    /// A sync is waiting.
+    reached: bool,
+    released: bool,
+}
+
+impl SyncHold {
+    fn lock(&self) -> MutexGuard<'_, HoldState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Called by every file sync before it does anything.
+    fn pass(&self) {
+        let mut hold = self.lock();
+        match hold.armed {
+            Some(0) => {
+                hold.armed = None;
+                hold.reached = true;
+                self.changed.notify_all();
+                while !hold.released {
+                    hold = self
+                        .changed
+                        .wait(hold)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            }
+            Some(remaining) => hold.armed = Some(remaining - 1),
+            None => {}
+        }
+    }
+
+    /// Waits until the held sync has started, or `timeout` passes.
+    pub fn wait_reached(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut hold = self.lock();
+        while !hold.reached {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            hold = self
+                .changed
+                .wait_timeout(hold, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Lets the held sync go on (after a crash, it fails like every call
+    /// through a handle from before the crash).
+    pub fn release(&self) {
+        let mut hold = self.lock();
+        hold.released = true;
+        self.changed.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -127,7 +202,8 @@ impl CrashFs {
 
     /// Loses everything not synced and returns the file system the
     /// restarted process sees. With `torn_seed`, each file whose unsynced
-    /// change is a pure append keeps a random prefix of it.
+    /// change is an append or an overwrite past its durable contents keeps
+    /// a random prefix of it.
     pub fn crash(&self, torn_seed: Option<u64>) -> CrashFs {
         let mut state = self.lock_any();
         state.generation += 1;
@@ -137,13 +213,28 @@ impl CrashFs {
             directory.current = directory.durable.clone();
         }
         for inode in state.inodes.values_mut() {
-            let appended_only =
-                inode.data.len() > inode.durable.len() && inode.data.starts_with(&inode.durable);
             let mut survivor = inode.durable.clone();
-            if torn_seed.is_some() && appended_only {
-                let unsynced = inode.data.len() - inode.durable.len();
+            // The unsynced change of a file that only grew or was written
+            // in place past its durable contents (appends, including over a
+            // log file's zeros): from the first byte that differs to the
+            // end of the new contents. A torn write keeps a prefix of it.
+            let first_change = inode
+                .data
+                .iter()
+                .zip(&inode.durable)
+                .position(|(new, old)| new != old)
+                .unwrap_or(inode.data.len().min(inode.durable.len()));
+            let grew_or_overwrote =
+                inode.data.len() >= inode.durable.len() && first_change < inode.data.len();
+            if torn_seed.is_some() && grew_or_overwrote {
+                let unsynced = inode.data.len() - first_change;
                 let keep = (next_random(&mut random) % (unsynced as u64 + 1)) as usize;
-                survivor.extend_from_slice(&inode.data[inode.durable.len()..][..keep]);
+                let kept_to = first_change + keep;
+                survivor.truncate(first_change);
+                survivor.extend_from_slice(&inode.data[first_change..kept_to]);
+                if let Some(rest) = inode.durable.get(kept_to..) {
+                    survivor.extend_from_slice(rest);
+                }
             }
             inode.data = survivor.clone();
             inode.durable = survivor;
@@ -156,8 +247,47 @@ impl CrashFs {
         state.inodes.retain(|inode, _| referenced.contains(inode));
         CrashFs {
             state: self.state.clone(),
+            hold: self.hold.clone(),
             generation,
         }
+    }
+
+    fn create_file(
+        &self,
+        path: &Path,
+        zero_extension: Option<(u64, u64)>,
+    ) -> io::Result<Box<dyn WritableFile>> {
+        let (dir, name) = split(path)?;
+        let mut state = self.lock()?;
+        let inode = state.next_inode;
+        let generation = state.generation;
+        let directory = state
+            .directories
+            .get_mut(&dir)
+            .ok_or_else(|| not_found(&dir))?;
+        if directory.current.contains_key(&name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}", path.display()),
+            ));
+        }
+        directory.current.insert(name, inode);
+        state.next_inode += 1;
+        state.inodes.insert(inode, Inode::default());
+        Ok(Box::new(CrashFile {
+            state: self.state.clone(),
+            hold: self.hold.clone(),
+            inode,
+            generation,
+            zero_extension,
+        }))
+    }
+
+    /// Holds the file sync after the next `passing` ones (directory syncs
+    /// do not count) until [`SyncHold::release`].
+    pub fn hold_file_sync(&self, passing: u64) -> Arc<SyncHold> {
+        self.hold.lock().armed = Some(passing);
+        self.hold.clone()
     }
 
     /// Makes every sync after the next `successes` fail with EIO.
@@ -190,8 +320,12 @@ impl CrashFs {
 
 struct CrashFile {
     state: Arc<Mutex<State>>,
+    hold: Arc<SyncHold>,
     inode: u64,
     generation: u64,
+    /// For a log file (`create_log`): bytes appended, and the step in which
+    /// the file runs ahead of them in zeros, as the real one does.
+    zero_extension: Option<(u64, u64)>,
 }
 
 impl CrashFile {
@@ -212,15 +346,32 @@ impl CrashFile {
 
 impl WritableFile for CrashFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let extension = self.zero_extension;
         self.with_inode(|state, inode| {
             if let Some(file) = state.inodes.get_mut(&inode) {
-                file.data.extend_from_slice(data);
+                match extension {
+                    None => file.data.extend_from_slice(data),
+                    Some((len, step)) => {
+                        let start = len as usize;
+                        let end = start + data.len();
+                        if end > file.data.len() {
+                            let extended = (end as u64).div_ceil(step) * step;
+                            file.data.resize(extended as usize, 0);
+                        }
+                        file.data[start..end].copy_from_slice(data);
+                    }
+                }
             }
             Ok(())
-        })
+        })?;
+        if let Some((len, _)) = &mut self.zero_extension {
+            *len += data.len() as u64;
+        }
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        self.hold.pass();
         self.with_inode(|state, inode| {
             state.count_sync()?;
             if let Some(file) = state.inodes.get_mut(&inode) {
@@ -236,10 +387,17 @@ impl WritableFile for CrashFile {
                 file.data.resize(len as usize, 0);
             }
             Ok(())
-        })
+        })?;
+        if let Some((appended, _)) = &mut self.zero_extension {
+            *appended = len;
+        }
+        Ok(())
     }
 
     fn len(&self) -> u64 {
+        if let Some((appended, _)) = self.zero_extension {
+            return appended;
+        }
         self.with_inode(|state, inode| {
             Ok(state.inodes.get(&inode).map_or(0, |file| file.data.len()) as u64)
         })
@@ -283,28 +441,11 @@ impl FileSystem for CrashFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let (dir, name) = split(path)?;
-        let mut state = self.lock()?;
-        let inode = state.next_inode;
-        let generation = state.generation;
-        let directory = state
-            .directories
-            .get_mut(&dir)
-            .ok_or_else(|| not_found(&dir))?;
-        if directory.current.contains_key(&name) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{}", path.display()),
-            ));
-        }
-        directory.current.insert(name, inode);
-        state.next_inode += 1;
-        state.inodes.insert(inode, Inode::default());
-        Ok(Box::new(CrashFile {
-            state: self.state.clone(),
-            inode,
-            generation,
-        }))
+        self.create_file(path, None)
+    }
+
+    fn create_log(&self, path: &Path, extension_bytes: u64) -> io::Result<Box<dyn WritableFile>> {
+        self.create_file(path, Some((0, extension_bytes.max(1))))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
@@ -312,8 +453,10 @@ impl FileSystem for CrashFs {
         let inode = state.lookup(path)?;
         Ok(Box::new(CrashFile {
             state: self.state.clone(),
+            hold: self.hold.clone(),
             inode,
             generation: state.generation,
+            zero_extension: None,
         }))
     }
 

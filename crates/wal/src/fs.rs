@@ -5,11 +5,9 @@
 //! The trait is deliberately the short list of operations whose durability
 //! the design reasons about: append, `fdatasync`, truncate, create, rename,
 //! remove, and fsync of a directory. Anything else a caller wants must be
-//! built from these, so that the crash tests see it. The one exception is
-//! how far ahead of its appends a log file is extended with zeros
-//! (`create_log`): `CrashFs` does not extend its files, so the crash tests
-//! check the log's logic on files that end at their last write, and
-//! `tests/corruption.rs` checks how recovery reads a zero tail.
+//! built from these, so that the crash tests see it. A log file
+//! (`create_log`) runs ahead of its appends in zeros; `CrashFs` models that
+//! too.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};

@@ -221,6 +221,7 @@ impl Wal {
             segment_bytes: options.segment_bytes.max(1),
             active: None,
             active_sequence: next_sequence,
+            unlisted_segment: None,
             written_snapshot: recovered.snapshot.clone(),
             written_hard_state: recovered.hard_state,
             #[cfg(debug_assertions)]
@@ -251,10 +252,13 @@ impl Wal {
         });
         {
             let mut writer = lock(&shared.writer);
-            writer.start_segment(&shared, next_sequence)?;
+            writer.start_segment(next_sequence)?;
             let path = writer.active_path();
             if let Some(file) = writer.active.as_mut() {
                 file.sync_data().map_err(io(&path))?;
+            }
+            if let Some(synced) = writer.unlisted_segment.take() {
+                lock(&shared.segments).push(synced);
             }
         }
 
@@ -579,6 +583,11 @@ struct Writer {
     segment_bytes: u64,
     active: Option<Box<dyn WritableFile>>,
     active_sequence: u64,
+    /// The active segment until its first sync: it joins `Shared::segments`
+    /// (which `purge` reads) only once its prelude is durable, because the
+    /// prelude is then the only durable copy of the hard state and snapshot
+    /// marker that the purged segments held.
+    unlisted_segment: Option<SegmentInfo>,
     /// As of the end of the last batch written: what a new segment's
     /// prelude must say.
     written_snapshot: Option<SnapshotMetadata>,
@@ -608,7 +617,7 @@ impl Writer {
 
     /// Creates segment `sequence`, makes its name durable, and writes (not
     /// syncs) its prelude.
-    fn start_segment(&mut self, shared: &Shared, sequence: u64) -> Result<(), WalError> {
+    fn start_segment(&mut self, sequence: u64) -> Result<(), WalError> {
         self.active_sequence = sequence;
         let path = self.active_path();
         let mut file = self
@@ -632,7 +641,7 @@ impl Writer {
         record::push_hard_state(&mut prelude, &self.written_hard_state);
         file.append(&prelude).map_err(self.io(path.clone()))?;
         self.active = Some(file);
-        lock(&shared.segments).push(SegmentInfo {
+        self.unlisted_segment = Some(SegmentInfo {
             sequence,
             path,
             max_entry_index: 0,
@@ -657,7 +666,7 @@ impl Writer {
                     .and_then(|()| file.sync_data())
                     .map_err(|source| WalError::Io { path, source })?;
             }
-            self.start_segment(shared, self.active_sequence + 1)?;
+            self.start_segment(self.active_sequence + 1)?;
         }
         let path = self.active_path();
         let Some(file) = self.active.as_mut() else {
@@ -679,8 +688,12 @@ impl Writer {
         }
         self.written_snapshot = group.snapshot_after.clone();
         self.written_hard_state = group.hard_state_after;
+        let mut segments = lock(&shared.segments);
+        if let Some(synced) = self.unlisted_segment.take() {
+            segments.push(synced);
+        }
         if group.max_entry_index > 0 {
-            if let Some(active) = lock(&shared.segments).last_mut() {
+            if let Some(active) = segments.last_mut() {
                 active.max_entry_index = active.max_entry_index.max(group.max_entry_index);
             }
         }

@@ -329,3 +329,72 @@ fn an_unsynced_hard_state_is_durable_only_with_the_next_write() {
     assert_eq!(recovered.hard_state, commit_only);
     assert_eq!(recovered.entries.len(), 4);
 }
+
+/// A new segment's prelude is the only durable copy of the hard state and
+/// snapshot marker once the segments before it are purged; until its first
+/// sync it must not count for purging. Here the writer is held inside that
+/// sync while a purge runs, and the machine then crashes.
+#[test]
+fn a_purge_never_leaves_only_an_unsynced_segment() {
+    let fs = CrashFs::new();
+    let dir = Path::new("/wal");
+    // Every write starts a new segment.
+    let options = |fs: &CrashFs| WalOptions {
+        segment_bytes: 1,
+        ..options(fs, WalFaults::default())
+    };
+    let (log, _) = Wal::open(dir, options(&fs)).expect("open");
+    let mut model = ModelLog {
+        hard_state: HardState {
+            term: 3,
+            vote: 2,
+            commit: 0,
+        },
+        ..ModelLog::default()
+    };
+    for _ in 0..3 {
+        let entries = model.make_append(0, 2, false, 100);
+        log.write(WriteBatch {
+            entries: &entries,
+            hard_state: Some(&model.hard_state),
+            ..WriteBatch::default()
+        })
+        .expect("entries");
+    }
+    let snapshot = metadata(model.last_index(), model.term);
+    let marker = WriteBatch {
+        snapshot: Some((&snapshot, SnapshotMarkerKind::Compacted)),
+        ..WriteBatch::default()
+    };
+    log.write(marker).expect("snapshot marker");
+    model.apply_batch(&marker);
+    log.purge().expect("purge");
+    assert_eq!(log.segments().len(), 1, "only the marker's segment is left");
+
+    // The next write starts a new segment: the old one's cut is synced
+    // (file sync 1), the new one's prelude and the write wait in sync 2.
+    let hold = fs.hold_file_sync(1);
+    let log = Arc::new(log);
+    let writing = log.clone();
+    let more = model.clone().make_append(0, 1, false, 100);
+    let writer = std::thread::spawn(move || {
+        let _ = writing.write(WriteBatch {
+            entries: &more,
+            ..WriteBatch::default()
+        });
+    });
+    assert!(
+        hold.wait_reached(std::time::Duration::from_secs(10)),
+        "the write reaches the new segment's first sync"
+    );
+    log.purge()
+        .expect("purge while the new segment is unsynced");
+    let crashed = fs.crash(None);
+    hold.release();
+    writer.join().expect("writer thread");
+    drop(log);
+
+    let (_, recovered) = Wal::open(dir, options(&crashed)).expect("reopen");
+    assert_eq!(recovered.hard_state, model.hard_state, "the vote survives");
+    assert_eq!(recovered.snapshot, model.snapshot);
+}
