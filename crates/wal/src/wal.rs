@@ -402,7 +402,8 @@ impl Wal {
         lock(&self.shared.queue).stats
     }
 
-    /// The segments on disk, oldest first.
+    /// The segments on disk, oldest first; a new segment appears after its
+    /// first sync.
     pub fn segments(&self) -> Vec<SegmentInfo> {
         lock(&self.shared.segments).clone()
     }
