@@ -85,6 +85,14 @@ impl StateMachine for Recorder {
     }
 }
 
+/// The index a `Recorder` answered a proposal with.
+fn answered_index(answer: &Bytes) -> u64 {
+    std::str::from_utf8(answer)
+        .expect("utf-8")
+        .parse()
+        .expect("an index")
+}
+
 struct TestMember {
     node: Node,
     recorder: Recorder,
@@ -200,10 +208,7 @@ async fn proposals_commit_on_every_member_and_followers_forward() {
         .propose(b"at a follower", Duration::from_secs(5))
         .await
         .expect("a follower forwards writes to the leader");
-    let index: u64 = std::str::from_utf8(&at_follower)
-        .expect("utf-8")
-        .parse()
-        .expect("an index");
+    let index = answered_index(&at_follower);
     assert!(
         index > 50,
         "the forwarded write comes after the 50 others: {index}"
@@ -283,10 +288,7 @@ async fn the_leader_publishes_a_commit_before_its_followers_learn_it() {
             .propose(format!("round {round}").as_bytes(), Duration::from_secs(10))
             .await
             .expect("a write through a follower");
-        let index: u64 = std::str::from_utf8(&answer)
-            .expect("utf-8")
-            .parse()
-            .expect("an index");
+        let index = answered_index(&answer);
         let status = leader_handle.status();
         if status.term != term || !status.role_is_leader {
             continue;

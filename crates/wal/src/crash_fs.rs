@@ -255,7 +255,7 @@ impl CrashFs {
     fn create_file(
         &self,
         path: &Path,
-        zero_extension: Option<(u64, u64)>,
+        zero_extension: Option<ZeroExtension>,
     ) -> io::Result<Box<dyn WritableFile>> {
         let (dir, name) = split(path)?;
         let mut state = self.lock()?;
@@ -323,9 +323,16 @@ struct CrashFile {
     hold: Arc<SyncHold>,
     inode: u64,
     generation: u64,
-    /// For a log file (`create_log`): bytes appended, and the step in which
-    /// the file runs ahead of them in zeros, as the real one does.
-    zero_extension: Option<(u64, u64)>,
+    /// Set for a log file (`create_log`).
+    zero_extension: Option<ZeroExtension>,
+}
+
+/// A log file runs ahead of its appends in zeros, `step_bytes` at a time,
+/// as the real one does; `appended` is where the next append goes.
+#[derive(Clone, Copy)]
+struct ZeroExtension {
+    appended: u64,
+    step_bytes: u64,
 }
 
 impl CrashFile {
@@ -351,10 +358,11 @@ impl WritableFile for CrashFile {
             if let Some(file) = state.inodes.get_mut(&inode) {
                 match extension {
                     None => file.data.extend_from_slice(data),
-                    Some((len, step)) => {
-                        let start = len as usize;
+                    Some(extension) => {
+                        let start = extension.appended as usize;
                         let end = start + data.len();
                         if end > file.data.len() {
+                            let step = extension.step_bytes;
                             let extended = (end as u64).div_ceil(step) * step;
                             file.data.resize(extended as usize, 0);
                         }
@@ -364,8 +372,8 @@ impl WritableFile for CrashFile {
             }
             Ok(())
         })?;
-        if let Some((len, _)) = &mut self.zero_extension {
-            *len += data.len() as u64;
+        if let Some(extension) = &mut self.zero_extension {
+            extension.appended += data.len() as u64;
         }
         Ok(())
     }
@@ -388,15 +396,15 @@ impl WritableFile for CrashFile {
             }
             Ok(())
         })?;
-        if let Some((appended, _)) = &mut self.zero_extension {
-            *appended = len;
+        if let Some(extension) = &mut self.zero_extension {
+            extension.appended = len;
         }
         Ok(())
     }
 
     fn len(&self) -> u64 {
-        if let Some((appended, _)) = self.zero_extension {
-            return appended;
+        if let Some(extension) = self.zero_extension {
+            return extension.appended;
         }
         self.with_inode(|state, inode| {
             Ok(state.inodes.get(&inode).map_or(0, |file| file.data.len()) as u64)
@@ -445,7 +453,13 @@ impl FileSystem for CrashFs {
     }
 
     fn create_log(&self, path: &Path, extension_bytes: u64) -> io::Result<Box<dyn WritableFile>> {
-        self.create_file(path, Some((0, extension_bytes.max(1))))
+        self.create_file(
+            path,
+            Some(ZeroExtension {
+                appended: 0,
+                step_bytes: extension_bytes.max(1),
+            }),
+        )
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {

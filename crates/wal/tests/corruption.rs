@@ -49,10 +49,15 @@ fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offset = 0;
     while offset + 9 <= bytes.len() && bytes[offset..offset + 9].iter().any(|&byte| byte != 0) {
         offsets.push(offset);
-        let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
-        offset += 9 + length as usize;
+        offset = record_end(bytes, offset);
     }
     offsets
+}
+
+/// Where the record starting at `offset` ends, by its length field.
+fn record_end(bytes: &[u8], offset: usize) -> usize {
+    let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+    offset + 9 + length as usize
 }
 
 fn flip(path: &Path, offset: usize) {
@@ -126,14 +131,7 @@ fn a_chopped_tail_is_cut_off_and_the_log_opens() {
     let bytes = std::fs::read(last).expect("read");
     let offsets = record_offsets(&bytes);
     let last_record = *offsets.last().expect("records");
-    let records_end = last_record
-        + 9
-        + u32::from_le_bytes(
-            bytes[last_record..last_record + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize;
-    let bytes = &bytes[..records_end];
+    let bytes = &bytes[..record_end(&bytes, last_record)];
     // Whatever the cut inside the last record, exactly that record goes.
     for cut in [1usize, 5, 9, 20, bytes.len() - last_record - 1] {
         let scratch = tempfile::tempdir().expect("tempdir");
@@ -187,8 +185,7 @@ fn a_last_record_whose_first_sector_never_reached_the_disk_is_a_torn_tail() {
     let mut bytes = std::fs::read(&last).expect("read");
     let last_record = *record_offsets(&bytes).last().expect("records");
     let sector_end = (last_record + 9).div_ceil(512) * 512;
-    let length = u32::from_le_bytes(bytes[last_record..last_record + 4].try_into().expect("4"));
-    let record_end = last_record + 9 + length as usize;
+    let record_end = record_end(&bytes, last_record);
     assert!(
         sector_end < record_end || bytes[sector_end.min(bytes.len())..].iter().all(|&b| b == 0),
         "the test needs bytes of the record after the zeroed sector, or none at all"
