@@ -213,6 +213,12 @@ async fn proposals_commit_on_every_member_and_followers_forward() {
         index > 50,
         "the forwarded write comes after the 50 others: {index}"
     );
+    // The follower answers from its own apply, which may run ahead of the
+    // leader's apply thread.
+    leader_handle
+        .wait_applied(index, std::time::Instant::now() + Duration::from_secs(5))
+        .await
+        .expect("the leader applies the forwarded write");
     let leader_log = members[leader]
         .recorder
         .applied
