@@ -209,6 +209,43 @@ impl KeyIndex {
         }
     }
 
+    /// Removes every change of `key` made at revision `main`, which must be
+    /// the newest revision in the index (a write being undone): its puts,
+    /// the generations they created, its deletion marks. The key is
+    /// forgotten if nothing older remains.
+    pub(crate) fn forget_changes_at(&mut self, key: &[u8], main: i64) {
+        let Some(history) = self.histories.get_mut(key) else {
+            return;
+        };
+        for generation in &mut history.generations {
+            debug_assert!(
+                generation
+                    .revisions
+                    .iter()
+                    .all(|revision| revision.main <= main),
+                "undoing revision {main} of {key:?}, which has newer changes"
+            );
+            generation
+                .revisions
+                .retain(|revision| revision.main != main);
+            if generation
+                .deleted
+                .is_some_and(|deleted| deleted.main == main)
+            {
+                generation.deleted = None;
+            }
+        }
+        history
+            .generations
+            .retain(|generation| !generation.revisions.is_empty());
+        if history.generations.is_empty() {
+            if let Some((key, _)) = self.histories.remove_entry(key) {
+                self.ordered.remove(&OrderedKey::new(key));
+            }
+        }
+        debug_assert_eq!(self.histories.len(), self.ordered.len());
+    }
+
     pub fn get(&self, key: &[u8], at: i64) -> Option<VersionInfo> {
         self.histories.get(key)?.visible_at(at)
     }

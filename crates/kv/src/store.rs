@@ -11,7 +11,7 @@
 //! ([`validate_request`]), and against the store when applied, where a refusal
 //! is part of the replicated outcome ([`ApplyError`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use proto::etcdserverpb::{
@@ -108,14 +108,23 @@ impl Default for Store {
     }
 }
 
-/// Stateless checks done before a request enters the log, as etcd does.
+/// Stateless checks done before a request enters the log, as etcd's API
+/// layer does them (`checkPutRequest`, `checkTxnRequest`, `checkIntervals`
+/// in etcd 3.4's `v3rpc/key.go`), with its errors.
 pub fn validate_request(request: &InternalRequest, max_txn_ops: usize) -> Result<(), ApplyError> {
     match &request.request {
-        Some(internal_request::Request::Put(put)) if put.key.is_empty() => Err(ERR_EMPTY_KEY),
+        Some(internal_request::Request::Put(put)) => validate_put(put),
         Some(internal_request::Request::DeleteRange(delete)) if delete.key.is_empty() => {
             Err(ERR_EMPTY_KEY)
         }
-        Some(internal_request::Request::Txn(txn)) => validate_txn(txn, max_txn_ops),
+        Some(internal_request::Request::Txn(txn)) => {
+            validate_txn(txn, max_txn_ops)?;
+            // After the per-op checks, which bound the number of ops, so the
+            // overlap check below stays cheap (etcd's order).
+            check_overlaps(&txn.success)?;
+            check_overlaps(&txn.failure)?;
+            Ok(())
+        }
         Some(_) => Ok(()),
         None => Err(ERR_EMPTY_REQUEST),
     }
@@ -128,13 +137,29 @@ pub fn validate_range(range: &RangeRequest) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn validate_txn(txn: &TxnRequest, max_txn_ops: usize) -> Result<(), ApplyError> {
+fn validate_put(put: &PutRequest) -> Result<(), ApplyError> {
+    if put.key.is_empty() {
+        return Err(ERR_EMPTY_KEY);
+    }
+    if put.ignore_value && !put.value.is_empty() {
+        return Err(ERR_VALUE_PROVIDED);
+    }
+    if put.ignore_lease && put.lease != 0 {
+        return Err(ERR_LEASE_PROVIDED);
+    }
+    Ok(())
+}
+
+/// `max_ops` bounds the compares and each branch of this transaction; a
+/// nested transaction gets what its parent left (etcd passes
+/// `maxTxnOps - opc` down).
+fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), ApplyError> {
     let ops = txn
         .compare
         .len()
         .max(txn.success.len())
         .max(txn.failure.len());
-    if ops > max_txn_ops {
+    if ops > max_ops {
         return Err(ERR_TOO_MANY_OPS);
     }
     for compare in &txn.compare {
@@ -142,73 +167,97 @@ fn validate_txn(txn: &TxnRequest, max_txn_ops: usize) -> Result<(), ApplyError> 
             return Err(ERR_EMPTY_KEY);
         }
     }
-    for branch in [&txn.success, &txn.failure] {
-        for op in branch {
-            match &op.request {
-                Some(request_op::Request::RequestRange(range)) => validate_range(range)?,
-                Some(request_op::Request::RequestPut(put)) if put.key.is_empty() => {
-                    return Err(ERR_EMPTY_KEY)
-                }
-                Some(request_op::Request::RequestDeleteRange(delete)) if delete.key.is_empty() => {
-                    return Err(ERR_EMPTY_KEY)
-                }
-                Some(request_op::Request::RequestTxn(nested)) => validate_txn(nested, max_txn_ops)?,
-                Some(_) => {}
-                None => return Err(ERR_EMPTY_REQUEST),
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(range)) => validate_range(range)?,
+            Some(request_op::Request::RequestPut(put)) => validate_put(put)?,
+            Some(request_op::Request::RequestDeleteRange(delete)) if delete.key.is_empty() => {
+                return Err(ERR_EMPTY_KEY)
             }
+            Some(request_op::Request::RequestDeleteRange(_)) => {}
+            Some(request_op::Request::RequestTxn(nested)) => validate_txn(nested, max_ops - ops)?,
+            // etcd answers an empty op with this text.
+            None => return Err(ERR_KEY_NOT_FOUND),
         }
-        check_no_duplicate_writes(branch)?;
     }
     Ok(())
 }
 
-/// A key put twice in one branch, or put and deleted, is ambiguous: etcd
-/// refuses it, and so do we.
-fn check_no_duplicate_writes(ops: &[RequestOp]) -> Result<(), ApplyError> {
-    let mut puts: Vec<&Bytes> = Vec::new();
-    let mut deletes: Vec<(&Bytes, &Bytes)> = Vec::new();
-    collect_writes(ops, &mut puts, &mut deletes);
-    let mut sorted = puts.clone();
-    sorted.sort();
-    if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
-        return Err(ERR_DUPLICATE_KEY);
+/// The writes one list of ops may make, across every transaction nested in
+/// it: keys put, and ranges deleted as `(start, end)` (end empty: one key).
+struct WriteSet<'a> {
+    puts: HashSet<&'a [u8]>,
+    deletes: Vec<(&'a [u8], &'a [u8])>,
+}
+
+impl WriteSet<'_> {
+    /// Whether a delete covers `key`. A range is `[start, end)` by bytes, so
+    /// etcd's "from key" end (`\0`) and an end before its start cover
+    /// nothing here: etcd's interval check reads them that way too (etcd
+    /// 3.4.23 accepts `del a --from-key; put a x` in one transaction).
+    fn deletes_cover(&self, key: &[u8]) -> bool {
+        self.deletes.iter().any(|(start, end)| {
+            if end.is_empty() {
+                key == *start
+            } else {
+                *start <= key && key < *end
+            }
+        })
     }
-    for key in puts {
-        for (start, end) in &deletes {
-            if key_in_range(key, start, end) {
+}
+
+/// A key written twice, or put and deleted, on any path through a branch
+/// and the transactions nested in it is ambiguous: refused as etcd's
+/// `checkIntervals` refuses it. The two branches of one nested transaction
+/// exclude each other, so each may put the same key.
+fn check_overlaps(ops: &[RequestOp]) -> Result<(), ApplyError> {
+    collect_overlap_free_writes(ops).map(|_| ())
+}
+
+fn collect_overlap_free_writes(ops: &[RequestOp]) -> Result<WriteSet<'_>, ApplyError> {
+    let mut writes = WriteSet {
+        puts: HashSet::new(),
+        deletes: Vec::new(),
+    };
+    for op in ops {
+        if let Some(request_op::Request::RequestDeleteRange(delete)) = &op.request {
+            writes
+                .deletes
+                .push((delete.key.as_ref(), delete.range_end.as_ref()));
+        }
+    }
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
+        let then = collect_overlap_free_writes(&nested.success)?;
+        let otherwise = collect_overlap_free_writes(&nested.failure)?;
+        for key in &then.puts {
+            if writes.puts.contains(key) || writes.deletes_cover(key) {
                 return Err(ERR_DUPLICATE_KEY);
             }
+            writes.puts.insert(key);
         }
-    }
-    Ok(())
-}
-
-fn collect_writes<'a>(
-    ops: &'a [RequestOp],
-    puts: &mut Vec<&'a Bytes>,
-    deletes: &mut Vec<(&'a Bytes, &'a Bytes)>,
-) {
-    for op in ops {
-        match &op.request {
-            Some(request_op::Request::RequestPut(put)) => puts.push(&put.key),
-            Some(request_op::Request::RequestDeleteRange(delete)) => {
-                deletes.push((&delete.key, &delete.range_end))
+        for key in &otherwise.puts {
+            if (writes.puts.contains(key) && !then.puts.contains(key)) || writes.deletes_cover(key)
+            {
+                return Err(ERR_DUPLICATE_KEY);
             }
-            // A nested transaction's branches are checked on their own (in
-            // `validate_txn`): only one of them runs.
-            _ => {}
+            writes.puts.insert(key);
+        }
+        writes.deletes.extend(then.deletes);
+        writes.deletes.extend(otherwise.deletes);
+    }
+    for op in ops {
+        if let Some(request_op::Request::RequestPut(put)) = &op.request {
+            let key = put.key.as_ref();
+            if writes.puts.contains(key) || writes.deletes_cover(key) {
+                return Err(ERR_DUPLICATE_KEY);
+            }
+            writes.puts.insert(key);
         }
     }
-}
-
-/// Whether `key` falls in etcd's range (`end` empty: just `start`; `end` =
-/// "\0": everything from `start` on).
-fn key_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
-    match range_end(end) {
-        RangeEnd::Single => key == start,
-        RangeEnd::Unbounded => key >= start,
-        RangeEnd::Before(end) => key >= start && key < end,
-    }
+    Ok(writes)
 }
 
 enum RangeEnd<'a> {
@@ -217,6 +266,7 @@ enum RangeEnd<'a> {
     Before(&'a [u8]),
 }
 
+/// etcd's range end: empty for just the key, `\0` for every key from it on.
 fn range_end(end: &[u8]) -> RangeEnd<'_> {
     if end.is_empty() {
         RangeEnd::Single
@@ -228,9 +278,18 @@ fn range_end(end: &[u8]) -> RangeEnd<'_> {
 }
 
 /// Changes made by one write request, collected as it runs.
+///
+/// Every change of one write carries the revision `main`, which no earlier
+/// change has: undoing the write is removing what carries `main`, from the
+/// keys it touched ([`Store::roll_back`]).
 struct WriteContext {
     main: i64,
     next_sub: i64,
+    /// Keys changed so far, kept only for writes that can still fail after
+    /// changing something (transactions); a single put or delete checks
+    /// everything first.
+    touched: Option<Vec<Bytes>>,
+    stored_bytes_before: u64,
 }
 
 impl WriteContext {
@@ -242,6 +301,12 @@ impl WriteContext {
 
     fn changed(&self) -> bool {
         self.next_sub > 0
+    }
+
+    fn record_touched(&mut self, key: &Bytes) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(key.clone());
+        }
     }
 }
 
@@ -341,7 +406,7 @@ impl Store {
     }
 
     /// Runs a write; the revision moves only if it changed something, and a
-    /// refused write changes nothing (its partial changes are undone).
+    /// refused write changes nothing.
     fn apply_write<T>(
         &mut self,
         write: impl FnOnce(&mut Store, &mut WriteContext) -> Result<T, ApplyError>,
@@ -349,6 +414,8 @@ impl Store {
         let mut ctx = WriteContext {
             main: self.current_revision + 1,
             next_sub: 0,
+            touched: None,
+            stored_bytes_before: self.stored_bytes,
         };
         let result = write(self, &mut ctx);
         match result {
@@ -359,15 +426,42 @@ impl Store {
                 Ok((value, self.current_revision))
             }
             Err(error) => {
-                // Validation happens before any change in every write path,
-                // so nothing is left to undo; assert it.
-                debug_assert!(
-                    !ctx.changed(),
-                    "a refused write must not have changed the store"
-                );
+                if ctx.changed() {
+                    self.roll_back(ctx);
+                }
                 Err(error)
             }
         }
+    }
+
+    /// Undoes a write that failed after changing something. Every write path
+    /// checks what can fail before it changes anything, so this runs only
+    /// when those checks missed a case (or for a request that skipped
+    /// [`validate_request`]); then the write is refused as a whole rather
+    /// than half applied.
+    ///
+    /// # Panics
+    /// If the write changed something without recording the keys it
+    /// touched: a write path that can fail after a change must track them.
+    fn roll_back(&mut self, ctx: WriteContext) {
+        let touched = ctx.touched.unwrap_or_else(|| {
+            panic!(
+                "a write at revision {} failed after changing the store without tracking its keys",
+                ctx.main
+            )
+        });
+        for key in &touched {
+            self.index.forget_changes_at(key, ctx.main);
+        }
+        // The write's values are the newest: they sort after everything else.
+        drop(self.values.split_off(&Revision::new(ctx.main, 0)));
+        self.stored_bytes = ctx.stored_bytes_before;
+        debug_assert!(
+            self.values
+                .last_key_value()
+                .is_none_or(|(revision, _)| revision.main < ctx.main),
+            "a rolled-back write left a value behind"
+        );
     }
 
     /// The revision reads inside the write see: their own earlier changes.
@@ -424,6 +518,7 @@ impl Store {
             Some(history) => history.record_put(revision),
             None => self.index.insert_created(put.key.clone(), revision),
         }
+        ctx.record_touched(&put.key);
         self.stored_bytes += (put.key.len() + value.len()) as u64;
         self.values.insert(revision, StoredValue { value, lease });
         Ok(PutResponse {
@@ -449,6 +544,7 @@ impl Store {
             }
             let revision = ctx.next();
             self.index.delete(key, revision);
+            ctx.record_touched(key);
         }
         Ok(DeleteRangeResponse {
             header: None,
@@ -578,22 +674,116 @@ impl Store {
         })
     }
 
+    /// A transaction, as etcd 3.4 applies one: every compare, nested ones
+    /// included, is decided against the store as the transaction found it
+    /// (the path through the nested transactions is fixed before any op
+    /// runs); then every op on that path that could fail is checked (puts
+    /// first, then ranges, as etcd orders them); only then do the ops run,
+    /// in order, each seeing the changes of those before it.
     fn txn(&mut self, txn: &TxnRequest, ctx: &mut WriteContext) -> Result<TxnResponse, ApplyError> {
-        let at = self.read_revision_in(ctx);
+        let found_at = self.current_revision;
+        let mut path = Vec::new();
+        self.decide_path(txn, found_at, &mut path);
+        self.check_path(txn, &path, &mut 0, &|store, op| {
+            store.check_put_op(op, found_at)
+        })?;
+        self.check_path(txn, &path, &mut 0, &|store, op| {
+            store.check_range_op(op, found_at)
+        })?;
+        // Should an op fail anyway (a request that skipped validation), the
+        // keys changed so far let `apply_write` undo the whole transaction.
+        ctx.touched.get_or_insert_with(Vec::new);
+        self.run_path(txn, &path, &mut 0, ctx)
+    }
+
+    /// Appends, in pre-order, whether each transaction on the path taken
+    /// runs its success branch (etcd's `compareToPath`).
+    fn decide_path(&self, txn: &TxnRequest, at: i64, path: &mut Vec<bool>) {
         let succeeded = txn
             .compare
             .iter()
             .all(|compare| self.compare_holds(compare, at));
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
+        path.push(succeeded);
+        for op in branch(txn, succeeded) {
+            if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+                self.decide_path(nested, at, path);
+            }
+        }
+    }
+
+    /// Runs `check` on every non-transaction op of the path, in order.
+    /// `step` is the position of `txn`'s own decision in `path`.
+    fn check_path(
+        &self,
+        txn: &TxnRequest,
+        path: &[bool],
+        step: &mut usize,
+        check: &dyn Fn(&Store, &RequestOp) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        let succeeded = path_step(path, step);
+        for op in branch(txn, succeeded) {
+            match &op.request {
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    self.check_path(nested, path, step, check)?
+                }
+                _ => check(self, op)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// What a put can hit when applied, against the store as the
+    /// transaction found it: a missing key for `ignore_value` /
+    /// `ignore_lease`, a lease that does not exist. Validation has made sure
+    /// no earlier op of the transaction touches the key.
+    fn check_put_op(&self, op: &RequestOp, found_at: i64) -> Result<(), ApplyError> {
+        let Some(request_op::Request::RequestPut(put)) = &op.request else {
+            return Ok(());
         };
-        // Check everything that can fail before changing anything, so a
-        // refused transaction leaves no trace.
-        self.precheck_ops(branch, at)?;
-        let mut responses = Vec::with_capacity(branch.len());
-        for op in branch {
+        if put.ignore_value && !put.value.is_empty() {
+            return Err(ERR_VALUE_PROVIDED);
+        }
+        if put.ignore_lease && put.lease != 0 {
+            return Err(ERR_LEASE_PROVIDED);
+        }
+        if (put.ignore_value || put.ignore_lease) && self.index.get(&put.key, found_at).is_none() {
+            return Err(ERR_KEY_NOT_FOUND);
+        }
+        // No lease can exist until leases are implemented.
+        if put.lease != 0 {
+            return Err(ERR_LEASE_NOT_FOUND);
+        }
+        Ok(())
+    }
+
+    /// A read of history the transaction cannot see: compacted, or after the
+    /// revision it found.
+    fn check_range_op(&self, op: &RequestOp, found_at: i64) -> Result<(), ApplyError> {
+        let Some(request_op::Request::RequestRange(range)) = &op.request else {
+            return Ok(());
+        };
+        if range.revision == 0 {
+            Ok(())
+        } else if range.revision > found_at {
+            Err(ERR_FUTURE_REV)
+        } else if range.revision < self.compacted_revision {
+            Err(ERR_COMPACTED)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn run_path(
+        &mut self,
+        txn: &TxnRequest,
+        path: &[bool],
+        step: &mut usize,
+        ctx: &mut WriteContext,
+    ) -> Result<TxnResponse, ApplyError> {
+        let succeeded = path_step(path, step);
+        let ops = branch(txn, succeeded);
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
             let response = match &op.request {
                 Some(request_op::Request::RequestRange(range)) => {
                     let current = self.read_revision_in(ctx);
@@ -606,9 +796,9 @@ impl Store {
                     response_op::Response::ResponseDeleteRange(self.delete_range(delete, ctx)?)
                 }
                 Some(request_op::Request::RequestTxn(nested)) => {
-                    response_op::Response::ResponseTxn(self.txn(nested, ctx)?)
+                    response_op::Response::ResponseTxn(self.run_path(nested, path, step, ctx)?)
                 }
-                None => return Err(ERR_EMPTY_REQUEST),
+                None => return Err(ERR_KEY_NOT_FOUND),
             };
             responses.push(ResponseOp {
                 response: Some(response),
@@ -619,57 +809,6 @@ impl Store {
             succeeded,
             responses,
         })
-    }
-
-    /// The failures a branch can hit when applied: a put needing an
-    /// existing key or a lease, a read of compacted or future history.
-    fn precheck_ops(&self, ops: &[RequestOp], at: i64) -> Result<(), ApplyError> {
-        for op in ops {
-            match &op.request {
-                Some(request_op::Request::RequestPut(put)) => {
-                    if put.ignore_value && !put.value.is_empty() {
-                        return Err(ERR_VALUE_PROVIDED);
-                    }
-                    if put.ignore_lease && put.lease != 0 {
-                        return Err(ERR_LEASE_PROVIDED);
-                    }
-                    if put.lease != 0 {
-                        return Err(ERR_LEASE_NOT_FOUND);
-                    }
-                    // Like etcd, checked against the store as the transaction
-                    // found it.
-                    if (put.ignore_value || put.ignore_lease)
-                        && self.index.get(&put.key, at).is_none()
-                    {
-                        return Err(ERR_KEY_NOT_FOUND);
-                    }
-                }
-                Some(request_op::Request::RequestRange(range)) => {
-                    if range.revision > 0 && range.revision < self.compacted_revision {
-                        return Err(ERR_COMPACTED);
-                    }
-                    if range.revision > at {
-                        return Err(ERR_FUTURE_REV);
-                    }
-                }
-                Some(request_op::Request::RequestTxn(nested)) => {
-                    let succeeded = nested
-                        .compare
-                        .iter()
-                        .all(|compare| self.compare_holds(compare, at));
-                    self.precheck_ops(
-                        if succeeded {
-                            &nested.success
-                        } else {
-                            &nested.failure
-                        },
-                        at,
-                    )?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     fn compare_holds(&self, compare: &Compare, at: i64) -> bool {
@@ -709,6 +848,29 @@ impl Store {
             header: Some(header(self.current_revision)),
         })
     }
+}
+
+/// The branch a transaction runs.
+fn branch(txn: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    }
+}
+
+/// The next decision of a path made by `decide_path`, which visits the same
+/// transactions in the same order as every walk that reads it.
+fn path_step(path: &[bool], step: &mut usize) -> bool {
+    let succeeded = *path.get(*step).unwrap_or_else(|| {
+        panic!(
+            "transaction path has {} decisions, step {} asked for: walks disagree",
+            path.len(),
+            step
+        )
+    });
+    *step += 1;
+    succeeded
 }
 
 fn compare_one(compare: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {

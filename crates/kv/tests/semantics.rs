@@ -448,30 +448,321 @@ fn transactions_compare_every_target_and_share_one_revision() {
 }
 
 #[test]
-fn nested_transactions() {
+fn nested_compares_see_the_store_as_the_transaction_found_it() {
     let mut store = Store::default();
     let nested = TxnRequest {
         compare: vec![compare_value("a", compare::CompareResult::Equal, "1")],
-        success: vec![op_put("b", "from nested")],
-        failure: vec![],
+        success: vec![op_put("b", "from nested success")],
+        failure: vec![op_put("c", "from nested failure")],
     };
     let outer = txn(
         &mut store,
         TxnRequest {
             compare: vec![],
-            success: vec![
-                op_put("a", "1"),
-                RequestOp {
-                    request: Some(request_op::Request::RequestTxn(nested)),
-                },
-            ],
+            success: vec![op_put("a", "1"), op_txn(nested)],
             failure: vec![],
         },
     )
     .expect("txn");
     assert!(outer.succeeded);
-    assert_eq!(get(&store, "b").kvs[0].value, b("from nested"));
+    // etcd decides every compare before any op runs: `a` did not exist
+    // then, so the nested transaction takes its failure branch.
+    match &outer.responses[1].response {
+        Some(response_op::Response::ResponseTxn(nested)) => assert!(!nested.succeeded),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(get(&store, "b").kvs.is_empty());
+    assert_eq!(get(&store, "c").kvs[0].value, b("from nested failure"));
     assert_eq!(store.current_revision(), 2);
+}
+
+fn op_txn(txn: TxnRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(txn)),
+    }
+}
+
+fn op_delete(key: &str, range_end: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: b(key),
+                range_end: b(range_end),
+                prev_kv: false,
+            },
+        )),
+    }
+}
+
+fn op_put_ignoring_value(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b(key),
+            ignore_value: true,
+            ..PutRequest::default()
+        })),
+    }
+}
+
+/// The transaction found by the review: a nested delete of `d`, then a put
+/// of `d` that needs its old value. etcd refuses it before the log; and if
+/// it reaches the store anyway, the store must refuse it whole, leaving no
+/// trace (before the fix `d` was gone and the delete surfaced at the next
+/// write's revision).
+#[test]
+fn a_transaction_failing_after_a_write_leaves_no_trace() {
+    let request = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_txn(TxnRequest {
+                compare: vec![],
+                success: vec![op_delete("d", "")],
+                failure: vec![],
+            }),
+            op_put_ignoring_value("d"),
+        ],
+        failure: vec![],
+    };
+    let internal = InternalRequest {
+        request: Some(internal_request::Request::Txn(request.clone())),
+    };
+    assert_eq!(validate_request(&internal, 128), Err(ERR_DUPLICATE_KEY));
+
+    let mut store = Store::default();
+    let mut untouched = Store::default();
+    for store in [&mut store, &mut untouched] {
+        put(store, "d", "v");
+        put(store, "other", "x");
+    }
+    let revision = store.current_revision();
+    assert_eq!(txn(&mut store, request), Err(ERR_KEY_NOT_FOUND));
+    assert_eq!(store.current_revision(), revision);
+    assert_eq!(get(&store, "d").kvs[0].value, b("v"));
+    assert_eq!(store.hash_kv(0), untouched.hash_kv(0));
+    assert_eq!(store.key_count(), untouched.key_count());
+    assert_eq!(store.stored_bytes(), untouched.stored_bytes());
+    // The next write gets the next revision and nothing else shows up in it.
+    for store in [&mut store, &mut untouched] {
+        put(store, "e", "1");
+    }
+    assert_eq!(store.current_revision(), revision + 1);
+    assert_eq!(store.hash_kv(0), untouched.hash_kv(0));
+    let at_next = store
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: b("z"),
+            revision: revision + 1,
+            ..RangeRequest::default()
+        })
+        .expect("range");
+    assert_eq!(keys(&at_next), ["d", "e", "other"]);
+
+    // A key the failed transaction created is forgotten again.
+    let creating = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("new", "1"),
+            op_txn(TxnRequest {
+                compare: vec![],
+                success: vec![op_delete("e", "")],
+                failure: vec![],
+            }),
+            op_put_ignoring_value("e"),
+        ],
+        failure: vec![],
+    };
+    assert_eq!(txn(&mut store, creating), Err(ERR_KEY_NOT_FOUND));
+    assert!(get(&store, "new").kvs.is_empty());
+    assert_eq!(store.key_count(), untouched.key_count());
+    assert_eq!(store.hash_kv(0), untouched.hash_kv(0));
+}
+
+/// etcd checks every put on the path before any range, and both before
+/// anything runs.
+#[test]
+fn a_transaction_checks_puts_then_ranges_before_running_anything() {
+    let mut store = Store::default();
+    put(&mut store, "a", "1");
+    let revision = store.current_revision();
+    let future_range = RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: b("a"),
+            revision: revision + 1,
+            ..RangeRequest::default()
+        })),
+    };
+    let both = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("b", "1"),
+            future_range.clone(),
+            op_txn(TxnRequest {
+                compare: vec![],
+                success: vec![op_put_ignoring_value("missing")],
+                failure: vec![],
+            }),
+        ],
+        failure: vec![],
+    };
+    assert_eq!(txn(&mut store, both), Err(ERR_KEY_NOT_FOUND));
+    let range_only = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("b", "1"), future_range],
+        failure: vec![],
+    };
+    assert_eq!(txn(&mut store, range_only), Err(ERR_FUTURE_REV));
+    assert!(get(&store, "b").kvs.is_empty());
+    assert_eq!(store.current_revision(), revision);
+}
+
+/// etcd 3.4's `checkIntervals`, case by case (the etcdctl cases were run
+/// against etcd 3.4.23).
+#[test]
+fn overlapping_writes_are_refused_as_etcd_refuses_them() {
+    let check = |success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+        validate_request(
+            &InternalRequest {
+                request: Some(internal_request::Request::Txn(TxnRequest {
+                    compare: vec![],
+                    success,
+                    failure,
+                })),
+            },
+            128,
+        )
+    };
+    let nested = |success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+        op_txn(TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        })
+    };
+    // etcdctl: `put c 1; del c` is refused.
+    assert_eq!(
+        check(vec![op_put("c", "1"), op_delete("c", "")], vec![]),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    // etcdctl: a delete from a key (end "\0") or with its end before its
+    // start overlaps nothing, even the key it starts at.
+    assert_eq!(
+        check(vec![op_delete("a", "\0"), op_put("a", "x")], vec![]),
+        Ok(())
+    );
+    assert_eq!(
+        check(vec![op_delete("a", "\0"), op_put("b", "x")], vec![]),
+        Ok(())
+    );
+    assert_eq!(
+        check(vec![op_delete("b", "a"), op_put("b", "x")], vec![]),
+        Ok(())
+    );
+    // etcdctl: the same key in the two branches is fine.
+    assert_eq!(
+        check(vec![op_put("c", "1")], vec![op_put("c", "2")]),
+        Ok(())
+    );
+    // Ranges are half open.
+    assert_eq!(
+        check(vec![op_delete("a", "c"), op_put("c", "x")], vec![]),
+        Ok(())
+    );
+    assert_eq!(
+        check(vec![op_delete("a", "c"), op_put("a", "x")], vec![]),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    // Across levels: a nested delete covers an outer put, in either order.
+    assert_eq!(
+        check(
+            vec![nested(vec![op_delete("d", "")], vec![]), op_put("d", "v")],
+            vec![]
+        ),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    assert_eq!(
+        check(
+            vec![op_delete("a", "z"), nested(vec![], vec![op_put("d", "v")])],
+            vec![]
+        ),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    // The two branches of one nested transaction exclude each other...
+    assert_eq!(
+        check(
+            vec![nested(vec![op_put("k", "1")], vec![op_put("k", "2")])],
+            vec![]
+        ),
+        Ok(())
+    );
+    // ...but two nested transactions may both run, and so may a nested one
+    // and its parent.
+    assert_eq!(
+        check(
+            vec![
+                nested(vec![op_put("k", "1")], vec![]),
+                nested(vec![op_put("k", "2")], vec![]),
+            ],
+            vec![]
+        ),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    assert_eq!(
+        check(
+            vec![nested(vec![], vec![op_put("k", "1")]), op_put("k", "2")],
+            vec![]
+        ),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    // A nested delete and a later nested put overlap too.
+    assert_eq!(
+        check(
+            vec![
+                nested(vec![op_delete("a", "z")], vec![]),
+                nested(vec![op_put("k", "2")], vec![]),
+            ],
+            vec![]
+        ),
+        Err(ERR_DUPLICATE_KEY)
+    );
+    // Deletes may overlap each other.
+    assert_eq!(
+        check(vec![op_delete("a", "z"), op_delete("k", "")], vec![]),
+        Ok(())
+    );
+    // An empty op is answered as etcd answers it.
+    assert_eq!(
+        check(vec![RequestOp { request: None }], vec![]),
+        Err(ERR_KEY_NOT_FOUND)
+    );
+}
+
+/// A nested transaction gets the op budget its parent left, as in etcd.
+#[test]
+fn nested_transactions_share_the_op_budget() {
+    let request = |outer_ops: usize, nested_ops: usize| {
+        let mut success: Vec<RequestOp> = (0..outer_ops - 1)
+            .map(|n| op_put(&format!("outer{n}"), "v"))
+            .collect();
+        success.push(op_txn(TxnRequest {
+            compare: vec![],
+            success: (0..nested_ops)
+                .map(|n| op_put(&format!("nested{n}"), "v"))
+                .collect(),
+            failure: vec![],
+        }));
+        InternalRequest {
+            request: Some(internal_request::Request::Txn(TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            })),
+        }
+    };
+    assert_eq!(validate_request(&request(100, 28), 128), Ok(()));
+    assert_eq!(
+        validate_request(&request(100, 29), 128),
+        Err(ERR_TOO_MANY_OPS)
+    );
 }
 
 #[test]

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raft::rng::SplitMix64;
 use raft::{
-    ConfChange, Config, LogPosition, Message, MessageBody, NodeId, Raft, RaftError, ReadOnlyOption,
-    Ready, Role,
+    ConfChange, Config, LogPosition, Message, MessageBody, NodeId, Raft, RaftError, Ready, Role,
 };
 
 use crate::checker::{SafetyChecker, Violation};
@@ -27,7 +26,6 @@ pub struct ClusterOptions {
     pub heartbeat_interval_ticks: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
-    pub read_only: ReadOnlyOption,
     pub max_message_bytes: u64,
     pub max_inflight_messages: usize,
     /// Chance, per Ready handled, that the node crashes part-way through it.
@@ -46,7 +44,6 @@ impl ClusterOptions {
             heartbeat_interval_ticks: 1,
             pre_vote: true,
             check_quorum: true,
-            read_only: ReadOnlyOption::Safe,
             max_message_bytes: 64 * 1024,
             max_inflight_messages: 64,
             crash_in_ready_per_mille: 0,
@@ -792,7 +789,6 @@ fn node_config(options: &ClusterOptions, id: NodeId, seed: u64) -> Config {
     config.heartbeat_interval_ticks = options.heartbeat_interval_ticks;
     config.pre_vote = options.pre_vote;
     config.check_quorum = options.check_quorum;
-    config.read_only = options.read_only;
     config.max_message_bytes = options.max_message_bytes;
     config.max_inflight_messages = options.max_inflight_messages;
     config.seed = seed;

@@ -2,18 +2,6 @@
 
 use crate::types::{NodeId, NO_NODE};
 
-/// How a leader answers linearizable read requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadOnlyOption {
-    /// Confirm leadership with a heartbeat round before answering (safe
-    /// without any assumption about clocks).
-    Safe,
-    /// Answer from the leader's lease: relies on CheckQuorum and on clocks
-    /// not drifting by more than the election timeout. Requires
-    /// `check_quorum`.
-    LeaseBased,
-}
-
 /// Test-only switches that deliberately break the algorithm so that the
 /// simulator's checkers can be shown to catch the breakage. They exist only
 /// in builds with debug assertions, never in release builds.
@@ -42,7 +30,6 @@ pub struct Config {
     pub max_inflight_messages: usize,
     /// In-flight appends per follower in Replicate state, by payload bytes.
     pub max_inflight_bytes: u64,
-    pub read_only: ReadOnlyOption,
     /// Seed for the election-timeout generator.
     pub seed: u64,
     #[cfg(debug_assertions)]
@@ -60,7 +47,6 @@ impl Config {
             max_message_bytes: 1024 * 1024,
             max_inflight_messages: 256,
             max_inflight_bytes: 32 * 1024 * 1024,
-            read_only: ReadOnlyOption::Safe,
             seed: id,
             #[cfg(debug_assertions)]
             faults: FaultSwitches::default(),
@@ -81,9 +67,6 @@ impl Config {
         }
         if self.max_inflight_messages == 0 {
             return Err(ConfigError("max_inflight_messages must be at least 1"));
-        }
-        if self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum {
-            return Err(ConfigError("lease-based reads require check_quorum"));
         }
         Ok(())
     }

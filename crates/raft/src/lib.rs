@@ -56,7 +56,7 @@ pub mod types;
 
 #[cfg(debug_assertions)]
 pub use config::FaultSwitches;
-pub use config::{Config, ConfigError, ReadOnlyOption};
+pub use config::{Config, ConfigError};
 pub use message::{Message, MessageBody, RejectHint};
 pub use raft::{InitialState, LogPosition, Raft, RaftError, ReadState, Ready, Role, SoftState};
 pub use types::*;

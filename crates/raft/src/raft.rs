@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::config::{Config, ConfigError, ReadOnlyOption};
+use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody, RejectHint};
 use crate::progress::{Inflights, Progress, ProgressState};
@@ -1408,12 +1408,13 @@ impl Raft {
         self.log.term(self.log.committed()) == Some(self.term)
     }
 
+    /// Every read waits for a heartbeat round that a quorum answers after the
+    /// read arrived. There is deliberately no lease-based shortcut: a lease
+    /// is safe only if it starts at the send time of the round a quorum
+    /// acknowledged and ends before any follower's election timeout minus a
+    /// clock-drift bound (Raft thesis §6.4), an assumption about clocks this
+    /// crate does not make.
     fn handle_read_request(&mut self, request: ReadRequest) {
-        if self.config.read_only == ReadOnlyOption::LeaseBased && self.committed_in_current_term() {
-            let index = self.log.committed();
-            self.answer_read(request, index);
-            return;
-        }
         self.reads.push(request);
         self.maybe_start_read_round();
     }

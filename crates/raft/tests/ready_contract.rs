@@ -5,12 +5,10 @@
 //! acknowledgement promise durable state and must wait for it.
 
 use bytes::Bytes;
-use raft::{Config, Message, MessageBody, Raft, ReadOnlyOption, Role};
+use raft::{Config, Message, MessageBody, Raft, Role};
 
-fn node(id: u64, read_only: ReadOnlyOption) -> Raft {
-    let mut config = Config::new(id);
-    config.read_only = read_only;
-    Raft::bootstrap(config, &[1, 2, 3]).expect("bootstrap")
+fn node(id: u64) -> Raft {
+    Raft::bootstrap(Config::new(id), &[1, 2, 3]).expect("bootstrap")
 }
 
 /// Runs Readys until quiet, delivering every message at once; returns what
@@ -45,7 +43,7 @@ fn settle(nodes: &mut [Raft]) -> Vec<(bool, Message)> {
 
 #[test]
 fn only_leader_traffic_leaves_before_persistence() {
-    let mut nodes: Vec<Raft> = (1..=3).map(|id| node(id, ReadOnlyOption::Safe)).collect();
+    let mut nodes: Vec<Raft> = (1..=3).map(node).collect();
     settle(&mut nodes);
     nodes[0].campaign_now();
     let mut sent = settle(&mut nodes);
@@ -103,32 +101,4 @@ fn a_candidate_does_not_win_on_its_own_vote_before_it_is_durable() {
         Role::Leader,
         "once durable, the self-vote wins a one-voter election"
     );
-}
-
-#[test]
-fn lease_based_reads_answer_without_a_heartbeat_round() {
-    let mut nodes: Vec<Raft> = (1..=3)
-        .map(|id| node(id, ReadOnlyOption::LeaseBased))
-        .collect();
-    settle(&mut nodes);
-    nodes[0].campaign_now();
-    settle(&mut nodes);
-    assert_eq!(nodes[0].role(), Role::Leader);
-    nodes[0].read_index(7).expect("leader reads");
-    let ready = nodes[0].ready();
-    assert_eq!(
-        ready.read_states.len(),
-        1,
-        "answered at once from the lease"
-    );
-    assert_eq!(ready.read_states[0].request_id, 7);
-    assert_eq!(ready.read_states[0].index, nodes[0].commit_index());
-    assert!(
-        !ready
-            .messages
-            .iter()
-            .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })),
-        "no confirmation round"
-    );
-    nodes[0].advance(ready);
 }
