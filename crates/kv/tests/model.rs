@@ -20,6 +20,7 @@ use proto::etcdserverpb::{
     RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
 use proto::internal::{internal_request, internal_response, InternalRequest};
+use proto::mvccpb::KeyValue;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ModelValue {
@@ -257,23 +258,9 @@ fn answer_of(response: &TxnResponse) -> Answer {
         .responses
         .iter()
         .map(|op| match &op.response {
-            Some(response_op::Response::ResponseRange(range)) => Answer::Range(
-                range
-                    .kvs
-                    .iter()
-                    .map(|kv| {
-                        (
-                            kv.key.to_vec(),
-                            ModelValue {
-                                value: kv.value.to_vec(),
-                                create: kv.create_revision,
-                                modified: kv.mod_revision,
-                                version: kv.version,
-                            },
-                        )
-                    })
-                    .collect(),
-            ),
+            Some(response_op::Response::ResponseRange(range)) => {
+                Answer::Range(range.kvs.iter().map(model_entry).collect())
+            }
             Some(response_op::Response::ResponsePut(_)) => Answer::Put,
             Some(response_op::Response::ResponseDeleteRange(delete)) => {
                 Answer::Deleted(delete.deleted)
@@ -515,19 +502,22 @@ fn store_space(store: &Store, revision: i64) -> Vec<(Vec<u8>, ModelValue)> {
         })
         .expect("a readable revision")
         .kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                kv.key.to_vec(),
-                ModelValue {
-                    value: kv.value.to_vec(),
-                    create: kv.create_revision,
-                    modified: kv.mod_revision,
-                    version: kv.version,
-                },
-            )
-        })
+        .iter()
+        .map(model_entry)
         .collect()
+}
+
+/// A key-value pair the store answered, as the model keeps it.
+fn model_entry(kv: &KeyValue) -> (Vec<u8>, ModelValue) {
+    (
+        kv.key.to_vec(),
+        ModelValue {
+            value: kv.value.to_vec(),
+            create: kv.create_revision,
+            modified: kv.mod_revision,
+            version: kv.version,
+        },
+    )
 }
 
 fn cases() -> u32 {
@@ -590,8 +580,7 @@ proptest! {
                         .range(start.clone()..end.clone())
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
-                    let got: Vec<(Vec<u8>, ModelValue)> = response.kvs.iter().map(|kv| (kv.key.to_vec(), ModelValue {
-                        value: kv.value.to_vec(), create: kv.create_revision, modified: kv.mod_revision, version: kv.version })).collect();
+                    let got: Vec<(Vec<u8>, ModelValue)> = response.kvs.iter().map(model_entry).collect();
                     prop_assert_eq!(got, expected);
                     prop_assert_eq!(response.header.map(|h| h.revision), Some(current));
                 }
