@@ -75,6 +75,22 @@ pub const ERR_FUTURE_REV: ApplyError = ApplyError::new(
 );
 pub const ERR_LEASE_NOT_FOUND: ApplyError =
     ApplyError::new(code::NOT_FOUND, "etcdserver: requested lease not found");
+/// etcd has no depth limit of its own (only the request size); raftkv's
+/// comes from protobuf decoding, see [`MAX_TXN_NESTING`].
+pub const ERR_TXN_TOO_DEEP: ApplyError = ApplyError::new(
+    code::INVALID_ARGUMENT,
+    "etcdserver: transaction nested too deeply",
+);
+/// How many transactions deep one request may nest, the outermost counted.
+///
+/// Every committed entry must decode on every member, or their apply
+/// threads stop at it for good. prost refuses messages nested more than 100
+/// levels deep; a log entry wraps the client's transaction in one more
+/// message than the client sent, and each level of nesting costs two (a
+/// `TxnRequest` and its `RequestOp`), so 49 transactions deep is the most
+/// that both a client request and its entry can hold. 32 keeps a margin
+/// for the entry's framing to grow.
+pub const MAX_TXN_NESTING: usize = 32;
 pub const ERR_EMPTY_REQUEST: ApplyError =
     ApplyError::new(code::INVALID_ARGUMENT, "etcdserver: empty request");
 
@@ -118,7 +134,7 @@ pub fn validate_request(request: &InternalRequest, max_txn_ops: usize) -> Result
             Err(ERR_EMPTY_KEY)
         }
         Some(internal_request::Request::Txn(txn)) => {
-            validate_txn(txn, max_txn_ops)?;
+            validate_txn(txn, max_txn_ops, 1)?;
             // After the per-op checks, which bound the number of ops, so the
             // overlap check below stays cheap (etcd's order).
             check_overlaps(&txn.success)?;
@@ -152,8 +168,12 @@ fn validate_put(put: &PutRequest) -> Result<(), ApplyError> {
 
 /// `max_ops` bounds the compares and each branch of this transaction; a
 /// nested transaction gets what its parent left (etcd passes
-/// `maxTxnOps - opc` down).
-fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), ApplyError> {
+/// `maxTxnOps - opc` down). `depth` counts this transaction and those
+/// around it.
+fn validate_txn(txn: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), ApplyError> {
+    if depth > MAX_TXN_NESTING {
+        return Err(ERR_TXN_TOO_DEEP);
+    }
     let ops = txn
         .compare
         .len()
@@ -175,7 +195,9 @@ fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), ApplyError> {
                 return Err(ERR_EMPTY_KEY)
             }
             Some(request_op::Request::RequestDeleteRange(_)) => {}
-            Some(request_op::Request::RequestTxn(nested)) => validate_txn(nested, max_ops - ops)?,
+            Some(request_op::Request::RequestTxn(nested)) => {
+                validate_txn(nested, max_ops - ops, depth + 1)?
+            }
             // etcd answers an empty op with this text.
             None => return Err(ERR_KEY_NOT_FOUND),
         }
@@ -184,25 +206,67 @@ fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), ApplyError> {
 }
 
 /// The writes one list of ops may make, across every transaction nested in
-/// it: keys put, and ranges deleted as `(start, end)` (end empty: one key).
+/// it: keys put, and keys deleted.
 struct WriteSet<'a> {
     puts: HashSet<&'a [u8]>,
-    deletes: Vec<(&'a [u8], &'a [u8])>,
+    deletes: DeletedKeys<'a>,
 }
 
-impl WriteSet<'_> {
-    /// Whether a delete covers `key`. A range is `[start, end)` by bytes, so
-    /// etcd's "from key" end (`\0`) and an end before its start cover
-    /// nothing here: etcd's interval check reads them that way too (etcd
-    /// 3.4.23 accepts `del a --from-key; put a x` in one transaction).
-    fn deletes_cover(&self, key: &[u8]) -> bool {
-        self.deletes.iter().any(|(start, end)| {
-            if end.is_empty() {
-                key == *start
-            } else {
-                *start <= key && key < *end
+/// Keys covered by deletes, answering "is this key deleted" in O(log n):
+/// single keys in a set, ranges merged into disjoint intervals (only
+/// coverage matters, not which delete covers a key).
+#[derive(Default)]
+struct DeletedKeys<'a> {
+    keys: HashSet<&'a [u8]>,
+    /// Disjoint `[start, end)` intervals, by start; no two overlap or touch.
+    ranges: BTreeMap<&'a [u8], &'a [u8]>,
+}
+
+impl<'a> DeletedKeys<'a> {
+    /// A delete of `[start, end)` by bytes (end empty: one key). etcd's
+    /// "from key" end (`\0`) and an end before its start cover nothing
+    /// here: etcd's interval check reads them that way too (etcd 3.4.23
+    /// accepts `del a --from-key; put a x` in one transaction).
+    fn insert(&mut self, start: &'a [u8], end: &'a [u8]) {
+        if end.is_empty() {
+            self.keys.insert(start);
+            return;
+        }
+        if start >= end {
+            return;
+        }
+        let (mut start, mut end) = (start, end);
+        if let Some((&before, &before_end)) = self.ranges.range(..=start).next_back() {
+            if before_end >= start {
+                start = before;
+                end = end.max(before_end);
+                self.ranges.remove(before);
             }
-        })
+        }
+        while let Some((&next, &next_end)) = self.ranges.range(start..).next() {
+            if next > end {
+                break;
+            }
+            end = end.max(next_end);
+            self.ranges.remove(next);
+        }
+        self.ranges.insert(start, end);
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        self.keys.contains(key)
+            || self
+                .ranges
+                .range(..=key)
+                .next_back()
+                .is_some_and(|(_, end)| key < *end)
+    }
+
+    fn extend(&mut self, other: DeletedKeys<'a>) {
+        self.keys.extend(other.keys);
+        for (start, end) in other.ranges {
+            self.insert(start, end);
+        }
     }
 }
 
@@ -217,13 +281,13 @@ fn check_overlaps(ops: &[RequestOp]) -> Result<(), ApplyError> {
 fn collect_overlap_free_writes(ops: &[RequestOp]) -> Result<WriteSet<'_>, ApplyError> {
     let mut writes = WriteSet {
         puts: HashSet::new(),
-        deletes: Vec::new(),
+        deletes: DeletedKeys::default(),
     };
     for op in ops {
         if let Some(request_op::Request::RequestDeleteRange(delete)) = &op.request {
             writes
                 .deletes
-                .push((delete.key.as_ref(), delete.range_end.as_ref()));
+                .insert(delete.key.as_ref(), delete.range_end.as_ref());
         }
     }
     for op in ops {
@@ -233,13 +297,13 @@ fn collect_overlap_free_writes(ops: &[RequestOp]) -> Result<WriteSet<'_>, ApplyE
         let then = collect_overlap_free_writes(&nested.success)?;
         let otherwise = collect_overlap_free_writes(&nested.failure)?;
         for key in &then.puts {
-            if writes.puts.contains(key) || writes.deletes_cover(key) {
+            if writes.puts.contains(key) || writes.deletes.covers(key) {
                 return Err(ERR_DUPLICATE_KEY);
             }
             writes.puts.insert(key);
         }
         for key in &otherwise.puts {
-            if (writes.puts.contains(key) && !then.puts.contains(key)) || writes.deletes_cover(key)
+            if (writes.puts.contains(key) && !then.puts.contains(key)) || writes.deletes.covers(key)
             {
                 return Err(ERR_DUPLICATE_KEY);
             }
@@ -251,7 +315,7 @@ fn collect_overlap_free_writes(ops: &[RequestOp]) -> Result<WriteSet<'_>, ApplyE
     for op in ops {
         if let Some(request_op::Request::RequestPut(put)) = &op.request {
             let key = put.key.as_ref();
-            if writes.puts.contains(key) || writes.deletes_cover(key) {
+            if writes.puts.contains(key) || writes.deletes.covers(key) {
                 return Err(ERR_DUPLICATE_KEY);
             }
             writes.puts.insert(key);
@@ -378,7 +442,8 @@ impl Store {
             Some(internal_request::Request::Txn(txn)) => self
                 .apply_write(|store, ctx| store.txn(txn, ctx))
                 .map(|(mut response, revision)| {
-                    set_txn_headers(&mut response, revision);
+                    // The ops' own headers say what each saw (`run_path`).
+                    response.header = Some(header(revision));
                     internal_response::Response::Txn(response)
                 }),
             Some(internal_request::Request::Compaction(compaction)) => self
@@ -489,12 +554,14 @@ impl Store {
         if put.ignore_lease && put.lease != 0 {
             return Err(ERR_LEASE_PROVIDED);
         }
-        if (put.ignore_value || put.ignore_lease) && previous.is_none() {
-            return Err(ERR_KEY_NOT_FOUND);
-        }
+        // The lease before the key, as etcd's `Put` checks them (inside a
+        // transaction `check_put_op` has already checked both, key first).
         // No lease can exist until leases are implemented.
         if put.lease != 0 {
             return Err(ERR_LEASE_NOT_FOUND);
+        }
+        if (put.ignore_value || put.ignore_lease) && previous.is_none() {
+            return Err(ERR_KEY_NOT_FOUND);
         }
         // Reading the previous value costs another lookup: only when asked.
         let needs_previous = put.prev_kv || put.ignore_value || put.ignore_lease;
@@ -757,16 +824,23 @@ impl Store {
     }
 
     /// A read of history the transaction cannot see: compacted, or after the
-    /// revision it found.
+    /// revision it found. As etcd's `checkRequestRange`, which compares with
+    /// its compaction revision, -1 until the first compaction: a negative
+    /// revision reads the current one until then.
     fn check_range_op(&self, op: &RequestOp, found_at: i64) -> Result<(), ApplyError> {
         let Some(request_op::Request::RequestRange(range)) = &op.request else {
             return Ok(());
+        };
+        let first_readable = if self.compacted_revision == 0 {
+            -1
+        } else {
+            self.compacted_revision
         };
         if range.revision == 0 {
             Ok(())
         } else if range.revision > found_at {
             Err(ERR_FUTURE_REV)
-        } else if range.revision < self.compacted_revision {
+        } else if range.revision < first_readable {
             Err(ERR_COMPACTED)
         } else {
             Ok(())
@@ -790,13 +864,20 @@ impl Store {
                     response_op::Response::ResponseRange(self.range_at(range, current)?)
                 }
                 Some(request_op::Request::RequestPut(put)) => {
-                    response_op::Response::ResponsePut(self.put(put, ctx)?)
+                    let mut response = self.put(put, ctx)?;
+                    response.header = Some(header(ctx.main));
+                    response_op::Response::ResponsePut(response)
                 }
                 Some(request_op::Request::RequestDeleteRange(delete)) => {
-                    response_op::Response::ResponseDeleteRange(self.delete_range(delete, ctx)?)
+                    let mut response = self.delete_range(delete, ctx)?;
+                    response.header = Some(header(self.read_revision_in(ctx)));
+                    response_op::Response::ResponseDeleteRange(response)
                 }
                 Some(request_op::Request::RequestTxn(nested)) => {
-                    response_op::Response::ResponseTxn(self.run_path(nested, path, step, ctx)?)
+                    let mut response = self.run_path(nested, path, step, ctx)?;
+                    // etcd leaves a nested transaction's header empty.
+                    response.header = Some(ResponseHeader::default());
+                    response_op::Response::ResponseTxn(response)
                 }
                 None => return Err(ERR_KEY_NOT_FOUND),
             };
@@ -812,8 +893,8 @@ impl Store {
     }
 
     fn compare_holds(&self, compare: &Compare, at: i64) -> bool {
-        let target = compare::CompareTarget::try_from(compare.target)
-            .unwrap_or(compare::CompareTarget::Version);
+        // An unknown target compares as equal, as in etcd's `compareKV`.
+        let target = compare::CompareTarget::try_from(compare.target).ok();
         let matched: Vec<KeyValue> = self
             .matching(&compare.key, &compare.range_end, at)
             .map(|(key, info)| self.key_value(key, info, false))
@@ -821,7 +902,7 @@ impl Store {
         if matched.is_empty() {
             // A missing key has version, revisions and lease 0, but no value
             // at all: a value comparison on it always fails.
-            if target == compare::CompareTarget::Value {
+            if target == Some(compare::CompareTarget::Value) {
                 return false;
             }
             return compare_one(compare, target, &KeyValue::default());
@@ -873,8 +954,11 @@ fn path_step(path: &[bool], step: &mut usize) -> bool {
     succeeded
 }
 
-fn compare_one(compare: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
+fn compare_one(compare: &Compare, target: Option<compare::CompareTarget>, kv: &KeyValue) -> bool {
     use compare::TargetUnion;
+    let Some(target) = target else {
+        return result_holds(compare, std::cmp::Ordering::Equal);
+    };
     let ordering = match (target, &compare.target_union) {
         (compare::CompareTarget::Version, Some(TargetUnion::Version(version))) => {
             kv.version.cmp(version)
@@ -897,12 +981,18 @@ fn compare_one(compare: &Compare, target: compare::CompareTarget, kv: &KeyValue)
         (compare::CompareTarget::Value, _) => kv.value.as_ref().cmp(&[][..]),
         (compare::CompareTarget::Lease, _) => kv.lease.cmp(&0),
     };
-    match compare::CompareResult::try_from(compare.result).unwrap_or(compare::CompareResult::Equal)
-    {
-        compare::CompareResult::Equal => ordering.is_eq(),
-        compare::CompareResult::NotEqual => !ordering.is_eq(),
-        compare::CompareResult::Greater => ordering.is_gt(),
-        compare::CompareResult::Less => ordering.is_lt(),
+    result_holds(compare, ordering)
+}
+
+/// Whether `ordering` (the key's side against the operand) satisfies the
+/// compare's result; an unknown result holds, as in etcd's `compareKV`.
+fn result_holds(compare: &Compare, ordering: std::cmp::Ordering) -> bool {
+    match compare::CompareResult::try_from(compare.result) {
+        Ok(compare::CompareResult::Equal) => ordering.is_eq(),
+        Ok(compare::CompareResult::NotEqual) => !ordering.is_eq(),
+        Ok(compare::CompareResult::Greater) => ordering.is_gt(),
+        Ok(compare::CompareResult::Less) => ordering.is_lt(),
+        Err(_) => true,
     }
 }
 
@@ -910,23 +1000,6 @@ fn header(revision: i64) -> ResponseHeader {
     ResponseHeader {
         revision,
         ..ResponseHeader::default()
-    }
-}
-
-fn set_txn_headers(response: &mut TxnResponse, revision: i64) {
-    response.header = Some(header(revision));
-    for op in &mut response.responses {
-        match &mut op.response {
-            Some(response_op::Response::ResponseRange(range)) => {
-                range.header = Some(header(revision))
-            }
-            Some(response_op::Response::ResponsePut(put)) => put.header = Some(header(revision)),
-            Some(response_op::Response::ResponseDeleteRange(delete)) => {
-                delete.header = Some(header(revision))
-            }
-            Some(response_op::Response::ResponseTxn(nested)) => set_txn_headers(nested, revision),
-            None => {}
-        }
     }
 }
 
