@@ -8,9 +8,9 @@
 //!
 //! Everything here is replicated: it must be a function of the applied log
 //! alone, identical on every member at the same index. So the state only
-//! ever comes from applying entries (from index 1, where the Raft core's
-//! bootstrap wrote the initial membership as conf-change entries at term
-//! 1) or from a snapshot of such a state; nothing from a member's own
+//! ever comes from applying entries from index 1 (where the Raft core's
+//! bootstrap wrote the initial membership as conf-change entries of term
+//! one) or from a snapshot of such a state; nothing from a member's own
 //! configuration may enter it (the transport keeps configured peer
 //! addresses apart). Entries are applied strictly in order: an entry that
 //! is not the applied index plus one stops the member with an error rather
@@ -157,7 +157,10 @@ impl StateMachine for KvStateMachine {
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), StorageError> {
         let change = ConfChange::decode(&entry.data).map_err(|error| {
-            StorageError(format!("committed conf-change entry {}: {error}", entry.index))
+            StorageError(format!(
+                "committed conf-change entry {}: {error}",
+                entry.index
+            ))
         })?;
         let mut state = self.state.write()?;
         advance(&mut state, entry.index)?;
@@ -462,9 +465,8 @@ impl ReplicatedState {
         path: &Path,
         expected: &SnapshotMetadata,
     ) -> Result<ReplicatedState, StorageError> {
-        let named = |reason: &dyn std::fmt::Display| {
-            StorageError(format!("{}: {reason}", path.display()))
-        };
+        let named =
+            |reason: &dyn std::fmt::Display| StorageError(format!("{}: {reason}", path.display()));
         let (metadata, data) = files.open_data(path).map_err(|e| named(&e))?;
         if (metadata.index, metadata.term) != (expected.index, expected.term) {
             return Err(named(&format!(

@@ -32,7 +32,9 @@ struct Member {
 }
 
 async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
 }
 
 fn url(listener: &TcpListener) -> String {
@@ -301,9 +303,11 @@ async fn members_configured_differently_hold_identical_registries() {
         })
     };
     let (files_a, files_b) = (member_a.snapshots.clone(), member_b.snapshots.clone());
-    put_until(member_a.client, "both members' snapshots hold both publishes", || {
-        published(&files_a) && published(&files_b)
-    })
+    put_until(
+        member_a.client,
+        "both members' snapshots hold both publishes",
+        || published(&files_a) && published(&files_b),
+    )
     .await;
     let list_a = member_list(member_a.client).await;
     let list_b = member_list(member_b.client).await;
@@ -370,8 +374,14 @@ fn an_entry_out_of_order_stops_the_state_machine_with_both_indexes() {
     assert!(repeat.to_string().contains("entry 2"), "{repeat}");
     let state = state.read().expect("state");
     assert_eq!(state.applied_index, 2);
-    assert!(state.members[&10].name.is_empty(), "the gap entry was not applied");
-    assert!(!state.members.contains_key(&99), "the repeat was not applied");
+    assert!(
+        state.members[&10].name.is_empty(),
+        "the gap entry was not applied"
+    );
+    assert!(
+        !state.members.contains_key(&99),
+        "the repeat was not applied"
+    );
 }
 
 fn conf_change(index: u64, change: ConfChangeKind, node_id: u64) -> Entry {

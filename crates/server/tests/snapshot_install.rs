@@ -58,8 +58,12 @@ fn setup() -> (CrashFs, SnapshotFiles, SharedState, KvStateMachine) {
 #[test]
 fn a_received_snapshot_waits_on_disk_until_it_is_installed() {
     let (fs, files, state, mut machine) = setup();
-    state_at(10).save(&files, &meta(10, 2)).expect("first arrives");
-    state_at(20).save(&files, &meta(20, 3)).expect("second arrives");
+    state_at(10)
+        .save(&files, &meta(10, 2))
+        .expect("first arrives");
+    state_at(20)
+        .save(&files, &meta(20, 3))
+        .expect("second arrives");
     machine
         .install_snapshot(&meta(10, 2))
         .expect("the first is still there to install");
@@ -85,7 +89,9 @@ fn a_received_snapshot_waits_on_disk_until_it_is_installed() {
 fn installing_keeps_the_installed_file_and_newer_ones() {
     let (fs, files, _state, mut machine) = setup();
     for (index, term) in [(5, 1), (10, 2), (30, 4)] {
-        state_at(index).save(&files, &meta(index, term)).expect("save");
+        state_at(index)
+            .save(&files, &meta(index, term))
+            .expect("save");
     }
     machine.install_snapshot(&meta(10, 2)).expect("install");
     let mut names = fs.list_dir(Path::new("/snap")).expect("list");

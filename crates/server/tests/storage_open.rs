@@ -106,7 +106,10 @@ fn save_snapshot(files: &SnapshotFiles, index: u64, term: u64) -> PathBuf {
 }
 
 fn initial_of(storage: &MemberStorage) -> &InitialState {
-    storage.initial.as_ref().expect("a restarted member has state")
+    storage
+        .initial
+        .as_ref()
+        .expect("a restarted member has state")
 }
 
 fn indexes(initial: &InitialState) -> Vec<u64> {
@@ -204,7 +207,10 @@ fn a_received_snapshot_not_yet_recorded_replaces_the_log_at_open() {
     assert_eq!(initial.applied, 40);
     assert!(initial.entries.is_empty(), "the log it cannot extend goes");
     assert_eq!(initial.hard_state.commit, 40, "a snapshot is committed");
-    assert_eq!(initial.hard_state.term, 5, "never behind the snapshot's term");
+    assert_eq!(
+        initial.hard_state.term, 5,
+        "never behind the snapshot's term"
+    );
     assert_eq!(initial.hard_state.vote, 0, "no vote was cast in term 5");
     assert_eq!(key_at(storage.restored.as_ref().expect("restored")), 40);
     // Recorded durably.
@@ -324,7 +330,7 @@ fn open_removes_stale_temporaries_and_older_snapshots_but_keeps_the_newest() {
     save_snapshot(&storage.snapshots, 6, 2);
     storage.log.compacted(&meta(6, 2)).expect("compacted");
     save_snapshot(&storage.snapshots, 40, 5); // received, not yet recorded
-    // A writer the crash interrupted.
+                                              // A writer the crash interrupted.
     let mut interrupted = storage.snapshots.create(&meta(9, 2)).expect("create");
     interrupted.write(b"half").expect("write");
     let temp = interrupted.temp_path().to_path_buf();

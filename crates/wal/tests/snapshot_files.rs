@@ -63,7 +63,10 @@ fn a_snapshot_round_trips_in_pieces_and_the_older_one_goes_only_when_asked() {
     assert_eq!(meta, metadata(20, 3));
     assert_eq!(read_all(&files, &path), data(12345, 2));
     assert_eq!(names(&StdFs, dir.path()).len(), 2, "finish removes nothing");
-    assert_eq!(files.remove_older_than(&metadata(20, 3)).expect("remove"), 1);
+    assert_eq!(
+        files.remove_older_than(&metadata(20, 3)).expect("remove"),
+        1
+    );
     let left = names(&StdFs, dir.path());
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(read_all(&files, &path), data(12345, 2));
@@ -171,7 +174,10 @@ fn a_received_snapshot_not_yet_installed_survives_a_later_finish() {
     write(&files, &metadata(10, 2), &data(3000, 1));
     write(&files, &metadata(20, 3), &data(3000, 2));
     let pending = files.path_for(&metadata(10, 2));
-    assert_eq!(files.verify(&pending).expect("still there"), metadata(10, 2));
+    assert_eq!(
+        files.verify(&pending).expect("still there"),
+        metadata(10, 2)
+    );
     assert_eq!(read_all(&files, &pending), data(3000, 1));
 }
 
@@ -189,19 +195,28 @@ fn remove_older_than_takes_only_older_finished_snapshots() {
     // A writer at work on an older snapshot: its temporary is its own.
     let mut slow = files.create(&metadata(5, 1)).expect("create");
     slow.write(&data(500, 5)).expect("write");
-    assert_eq!(files.remove_older_than(&metadata(10, 2)).expect("remove"), 1);
+    assert_eq!(
+        files.remove_older_than(&metadata(10, 2)).expect("remove"),
+        1
+    );
     assert_eq!(files.remove_older_than(&metadata(10, 2)).expect("again"), 0);
     let left = names(&fs, dir);
     assert_eq!(left.len(), 4, "{left:?}");
     for index in [10, 11, 30] {
         assert!(files.verify(&files.path_for(&metadata(index, 2))).is_ok());
     }
-    assert!(left.iter().any(|name| name.ends_with(".snap.tmp")), "{left:?}");
+    assert!(
+        left.iter().any(|name| name.ends_with(".snap.tmp")),
+        "{left:?}"
+    );
     // The slow writer still finishes (its file is older: the next removal
     // takes it).
     let slow_path = slow.finish().expect("the slow writer finishes");
     assert_eq!(read_all(&files, &slow_path), data(500, 5));
-    assert_eq!(files.remove_older_than(&metadata(10, 2)).expect("remove"), 1);
+    assert_eq!(
+        files.remove_older_than(&metadata(10, 2)).expect("remove"),
+        1
+    );
     // Durable: after a crash the removed files stay removed.
     let fs = fs.crash(None);
     let left = names(&fs, dir);
@@ -221,7 +236,10 @@ fn a_dropped_writer_removes_only_its_own_temporary() {
     abandoned.write(&data(100, 2)).expect("write");
     let abandoned_temp = abandoned.temp_path().to_path_buf();
     drop(abandoned);
-    assert!(fs.file_len(&abandoned_temp).is_err(), "its own temporary goes");
+    assert!(
+        fs.file_len(&abandoned_temp).is_err(),
+        "its own temporary goes"
+    );
     assert!(fs.file_len(kept.temp_path()).is_ok(), "the other one stays");
     let path = kept.finish().expect("finish");
     assert_eq!(read_all(&files, &path), data(100, 1));
