@@ -246,11 +246,6 @@ pub fn open_member_storage_on(
         None => None,
     };
 
-    let log = WalLog {
-        last_term_vote: (recovered.hard_state.term, recovered.hard_state.vote),
-        wal,
-        snapshots: snapshots.clone(),
-    };
     if let Some((metadata, _)) = &newest {
         if metadata.index > recovered.snapshot_index() {
             // The snapshot file is ahead of the log: record it as Raft would
@@ -279,7 +274,7 @@ pub fn open_member_storage_on(
                 recovered.hard_state.term = metadata.term;
                 recovered.hard_state.vote = 0;
             }
-            log.wal.write(WriteBatch {
+            wal.write(WriteBatch {
                 snapshot: Some((metadata, kind)),
                 hard_state: Some(&recovered.hard_state),
                 ..WriteBatch::default()
@@ -297,7 +292,8 @@ pub fn open_member_storage_on(
     }
     let log = WalLog {
         last_term_vote: (recovered.hard_state.term, recovered.hard_state.vote),
-        ..log
+        wal,
+        snapshots: snapshots.clone(),
     };
 
     let has_state = recovered.hard_state.term > 0
