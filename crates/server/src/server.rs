@@ -2,7 +2,6 @@
 //! shutdown future resolves, then stops accepting, lets in-flight requests
 //! finish and stops the node.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use crate::node::{raft_config, LogStorage, Node, NodeOptions};
 use crate::services::{
     ClusterService, KvService, LeaseService, MaintenanceService, ServiceContext, WatchService,
 };
-use crate::state::{KvStateMachine, MemberInfo, ReplicatedState, SharedState};
+use crate::state::{KvStateMachine, ReplicatedState, SharedState};
 use crate::transport::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX};
 
 /// How long in-flight client requests may take to finish at shutdown.
@@ -101,29 +100,17 @@ pub async fn run<L: LogStorage>(
     if let Some(address) = config.listen_peer_addrs.first() {
         transport = transport.with_local_address(address.ip());
     }
-    let mut initial_members = BTreeMap::new();
+    // Configured peers give the transport addresses to dial, nothing more:
+    // they never enter the registry, which is replicated state and changes
+    // only through applied entries (bootstrap conf changes, publishes) or a
+    // snapshot of them. Members with different configurations (or one
+    // restarted with another `--initial-cluster`) must agree on it.
     for member in &config.initial_members {
         transport.set_peer(member.id, member.peer_urls.clone());
-        initial_members.insert(
-            member.id,
-            MemberInfo {
-                name: String::new(),
-                peer_urls: member.peer_urls.clone(),
-                client_urls: Vec::new(),
-            },
-        );
     }
     let state = match restored {
-        Some(restored) => {
-            // The membership as of the snapshot, plus the configured peer
-            // addresses for anyone the snapshot does not know yet.
-            let mut restored = restored;
-            for (id, member) in initial_members {
-                restored.members.entry(id).or_insert(member);
-            }
-            SharedState::restored(restored)
-        }
-        None => SharedState::new(initial_members),
+        Some(restored) => SharedState::restored(restored),
+        None => SharedState::new(),
     };
     let state_machine = KvStateMachine::new(state.clone(), Some(snapshots))
         .map_err(|error| ServerError::Storage(error.to_string()))?;
@@ -206,14 +193,16 @@ pub async fn run<L: LogStorage>(
         )));
     }
 
-    // Announce our name and client URLs through the log, retrying until a
-    // leader accepts it (as etcd's publish does).
+    // Announce our name, client and peer URLs through the log, retrying
+    // until a leader accepts it (as etcd's publish does). This is how they
+    // reach the replicated registry.
     let publish_context = context.clone();
     let publish = InternalRequest {
         request: Some(internal_request::Request::Publish(MemberAttributes {
             member_id: config.member_id,
             name: config.name.clone(),
             client_urls: config.advertise_client_urls.clone(),
+            peer_urls: config.advertise_peer_urls.clone(),
         })),
     };
     let publisher = tokio::spawn(async move {

@@ -1,40 +1,71 @@
 //! A member's durable state on disk and how it is put back together at
 //! start: the Raft log (the `wal` crate, in `<data-dir>/member/wal`) and the
-//! state machine's snapshot files (`<data-dir>/member/snap`).
+//! state machine's snapshot files (`<data-dir>/member/snap`), both on one
+//! [`FileSystem`] (the real one in a member, `CrashFs` in tests).
 //!
 //! Ordering that recovery relies on: a snapshot file is durable before the
 //! log records it (a local snapshot before its `Compacted` marker; a
-//! received one before Raft even sees the message). So at start the newest
-//! snapshot file is never behind the log's marker; it may be ahead (a crash
-//! between the two steps, or a received snapshot Raft then declined), and
-//! then it is recorded in the log before anything else happens. This module
-//! must never start a member whose log and snapshot disagree in a way that
-//! could lose committed entries: that is an error naming what is wrong.
+//! received one before Raft even sees the message), and an older snapshot
+//! file is removed only after a newer one is recorded in the log (here,
+//! `WalLog::compacted`) or installed (the state machine). So at start the
+//! newest snapshot file is never behind the log's marker. The cases
+//! [`open_member_storage_on`] tells apart:
+//! - fresh start: no log, no snapshot: nothing to restore (bootstrap);
+//! - normal restart: the newest snapshot file is the log's marker (or there
+//!   is neither) and the log's entries follow it;
+//! - snapshot file ahead of the log: a crash between writing the file and
+//!   the `Compacted` marker (the log holds the snapshot's last entry: it is
+//!   recorded as `Compacted`, the entries after it stay), or a received
+//!   snapshot not yet recorded (Raft declined it or the member crashed
+//!   first; the log does not hold its last entry: recorded as `Installed`,
+//!   replacing the log, as the leader's snapshot would). Either way it is
+//!   recorded before anything else happens;
+//! - snapshot file behind the log's marker, none when the log needs one, a
+//!   file whose contents are not the state it is named for, a damaged
+//!   file, a log from an older raftkv: errors naming the file.
+//!
+//! Temporaries of snapshot writers that a crash interrupted, and snapshot
+//! files older than the newest, are removed at open (no writer exists yet,
+//! nothing can need them). This module must never start a member whose log
+//! and snapshot disagree in a way that could lose committed entries.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use raft::{Entry, HardState, InitialState, Snapshot, SnapshotMetadata};
-use wal::fs::StdFs;
+use wal::fs::{FileSystem, StdFs};
 use wal::{SnapshotFiles, SnapshotMarkerKind, Wal, WalOptions, WriteBatch};
 
 use crate::node::{LogStorage, StorageError};
-use crate::state::{ChunkReader, ReplicatedState};
+use crate::state::ReplicatedState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageOpenError {
     #[error(transparent)]
     Wal(#[from] wal::WalError),
-    #[error("{0}")]
-    Inconsistent(String),
+    /// The data dir is damaged or from elsewhere; `path` is the file (or
+    /// directory) at fault.
+    #[error("{}: {reason}", path.display())]
+    Inconsistent { path: PathBuf, reason: String },
+    /// The newest snapshot file could not be read as a state (the message
+    /// names the file).
     #[error("{0}")]
     State(#[from] StorageError),
+}
+
+fn inconsistent(path: &Path, reason: impl Into<String>) -> StorageOpenError {
+    StorageOpenError::Inconsistent {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// The WAL as the node's log storage.
 pub struct WalLog {
     wal: Wal,
+    /// Older snapshot files are removed once a newer one is recorded here.
+    snapshots: SnapshotFiles,
     /// Term and vote as last queued: a hard state that changes neither
     /// (only the commit index) needs no sync of its own.
     last_term_vote: (u64, u64),
@@ -93,6 +124,14 @@ impl LogStorage for WalLog {
         if removed > 0 {
             tracing::debug!(segments = removed, "purged log segments below the snapshot");
         }
+        // The marker is durable: a restart starts from this snapshot, and
+        // Raft, having recorded it, sends no older one. An install still
+        // pending is of a newer snapshot (Raft takes one only beyond its
+        // commit index, and this one was applied), so older files can go;
+        // newer ones (received, not yet recorded) stay.
+        self.snapshots
+            .remove_older_than(snapshot)
+            .map_err(|error| StorageError(error.to_string()))?;
         Ok(())
     }
 }
@@ -115,21 +154,40 @@ pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("snap")
 }
 
-/// Opens the log and the snapshots of the member in `data_dir` and
-/// reconciles them.
+/// Opens the log and the snapshots of the member in `data_dir` on the real
+/// file system and reconciles them.
 pub fn open_member_storage(
     data_dir: &Path,
     segment_bytes: u64,
 ) -> Result<MemberStorage, StorageOpenError> {
+    open_member_storage_on(Arc::new(StdFs), data_dir, segment_bytes)
+}
+
+/// [`open_member_storage`] on any [`FileSystem`]; see the module comment
+/// for the cases.
+pub fn open_member_storage_on(
+    fs: Arc<dyn FileSystem>,
+    data_dir: &Path,
+    segment_bytes: u64,
+) -> Result<MemberStorage, StorageOpenError> {
     let legacy = data_dir.join("member").join("raft.log");
-    if legacy.exists() {
-        return Err(StorageOpenError::Inconsistent(format!(
-            "{} was written by an earlier raftkv (single-file log) that this version does not read; \
-             move the data dir away to start a new member",
-            legacy.display()
-        )));
+    match fs.file_len(&legacy) {
+        Ok(_) => {
+            return Err(inconsistent(
+                &legacy,
+                "written by an earlier raftkv (single-file log) that this version does not \
+                 read; move the data dir away to start a new member",
+            ))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(wal::WalError::Io {
+                path: legacy,
+                source,
+            }
+            .into())
+        }
     }
-    let fs = Arc::new(StdFs);
     let snapshots = SnapshotFiles::open(&snapshot_dir(data_dir), fs.clone())?;
     let (wal, mut recovered) = Wal::open(
         &wal_dir(data_dir),
@@ -140,50 +198,56 @@ pub fn open_member_storage(
         },
     )?;
     let newest = snapshots.latest()?;
-    let log_snapshot_index = recovered.snapshot_index();
-    match &newest {
-        None if log_snapshot_index > 0 => {
-            return Err(StorageOpenError::Inconsistent(format!(
-                "the log in {} starts after a snapshot at index {log_snapshot_index}, \
-                 but {} holds no snapshot file: the data dir is damaged",
-                wal_dir(data_dir).display(),
-                snapshots.dir().display()
-            )))
+    match (&newest, &recovered.snapshot) {
+        (None, Some(marker)) => {
+            return Err(inconsistent(
+                &snapshots.path_for(marker),
+                format!(
+                    "is missing: the log in {} starts after the snapshot at index {} (term {}), \
+                     but no snapshot file holds it; the data dir is damaged",
+                    wal_dir(data_dir).display(),
+                    marker.index,
+                    marker.term
+                ),
+            ))
         }
-        Some((metadata, path)) if metadata.index < log_snapshot_index => {
-            return Err(StorageOpenError::Inconsistent(format!(
-                "the newest snapshot file {} (index {}) is behind the log's snapshot at index \
-                 {log_snapshot_index}: the data dir is damaged",
-                path.display(),
-                metadata.index
-            )))
+        (Some((metadata, path)), Some(marker)) if metadata.index < marker.index => {
+            return Err(inconsistent(
+                path,
+                format!(
+                    "is the newest snapshot file (index {}), but the log in {} already starts \
+                     after the snapshot at index {}; the data dir is damaged",
+                    metadata.index,
+                    wal_dir(data_dir).display(),
+                    marker.index
+                ),
+            ))
+        }
+        (Some((metadata, path)), Some(marker))
+            if metadata.index == marker.index && metadata.term != marker.term =>
+        {
+            return Err(inconsistent(
+                path,
+                format!(
+                    "holds the snapshot at index {} of term {}, but the log in {} records that \
+                     index at term {}; the data dir is damaged",
+                    metadata.index,
+                    metadata.term,
+                    wal_dir(data_dir).display(),
+                    marker.term
+                ),
+            ))
         }
         _ => {}
     }
 
     let restored = match &newest {
-        Some((metadata, path)) => {
-            let (_, data) = snapshots.open_data(path)?;
-            let state = ReplicatedState::read_image(&mut ChunkReader::new(data))?;
-            if state.applied_index != metadata.index {
-                return Err(StorageOpenError::Inconsistent(format!(
-                    "{} is named for index {} but holds the state at {}",
-                    path.display(),
-                    metadata.index,
-                    state.applied_index
-                )));
-            }
-            Some(state)
-        }
+        Some((metadata, path)) => Some(ReplicatedState::load(&snapshots, path, metadata)?),
         None => None,
     };
 
-    let log = WalLog {
-        last_term_vote: (recovered.hard_state.term, recovered.hard_state.vote),
-        wal,
-    };
     if let Some((metadata, _)) = &newest {
-        if metadata.index > log_snapshot_index {
+        if metadata.index > recovered.snapshot_index() {
             // The snapshot file is ahead of the log: record it as Raft would
             // have. Entries that agree with it at its index stay; otherwise
             // the log is replaced, as a snapshot from the leader does.
@@ -202,14 +266,35 @@ pub fn open_member_storage(
             };
             // The snapshot holds only committed state.
             recovered.hard_state.commit = recovered.hard_state.commit.max(metadata.index);
-            log.wal.write(WriteBatch {
+            if recovered.hard_state.term < metadata.term {
+                // A received snapshot the member never got to hand to Raft
+                // (which would have moved to the leader's term first). Its
+                // term is at least the one the entry was written in; no vote
+                // was ever cast in it here.
+                recovered.hard_state.term = metadata.term;
+                recovered.hard_state.vote = 0;
+            }
+            wal.write(WriteBatch {
                 snapshot: Some((metadata, kind)),
                 hard_state: Some(&recovered.hard_state),
                 ..WriteBatch::default()
             })?;
             recovered.snapshot = Some(metadata.clone());
+            tracing::info!(
+                index = metadata.index,
+                term = metadata.term,
+                ?kind,
+                "recorded a snapshot file the log did not know of yet"
+            );
         }
+        // The newest snapshot is now the log's: older files serve nothing.
+        snapshots.remove_older_than(metadata)?;
     }
+    let log = WalLog {
+        last_term_vote: (recovered.hard_state.term, recovered.hard_state.vote),
+        wal,
+        snapshots: snapshots.clone(),
+    };
 
     let has_state = recovered.hard_state.term > 0
         || !recovered.entries.is_empty()

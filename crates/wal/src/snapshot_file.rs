@@ -1,15 +1,29 @@
 //! Snapshot files: one file per snapshot, named by term and index, written
 //! in full under a temporary name, fsynced, renamed into place and the
-//! directory fsynced; only then are older snapshots removed. A reader
-//! verifies the whole file's checksum before trusting any of it.
+//! directory fsynced. A reader verifies the whole file's checksum before
+//! trusting any of it.
 //!
 //! Layout: `magic "RKVSNAP1" | metadata length u32 | metadata | data… |
 //! data length u64 | crc32c u32`, the checksum covering everything between
 //! the magic and the trailer. The data is written and read in pieces: a
 //! snapshot never has to fit in memory.
 //!
+//! Who removes what. Several writers can be at work in one directory at
+//! once (a member's own snapshot job and a snapshot arriving from the
+//! leader), so each [`SnapshotWriter`] owns exactly one file, its own
+//! uniquely named temporary, and removes only that one (when it is dropped
+//! unfinished or fails). A writer never removes another file, finished or
+//! not: a snapshot received but not yet installed must survive a later one
+//! being written. Temporaries left by a crash are removed only by
+//! [`SnapshotFiles::open`], when no writer of this process can exist yet.
+//! Older finished snapshots are removed only by
+//! [`SnapshotFiles::remove_older_than`], which the caller invokes once it
+//! knows nothing can still need them (the newer snapshot is recorded in the
+//! log or installed).
+//!
 //! This module stores bytes; what the data means (a state machine image) is
-//! the caller's business.
+//! the caller's business, and so is deciding when a snapshot is no longer
+//! needed.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -61,8 +75,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> WalError {
 }
 
 impl SnapshotFiles {
-    /// Opens the directory, removing temporaries a crash left behind (no
-    /// writer can be running yet).
+    /// Opens the directory, removing temporaries a crash left behind. Open a
+    /// directory once per process, before any writer exists: a temporary
+    /// found now belongs to no live writer.
     pub fn open(dir: &Path, fs: Arc<dyn FileSystem>) -> Result<Self, WalError> {
         fs.create_dir_all(dir).map_err(io_error(dir))?;
         let mut removed = false;
@@ -89,6 +104,35 @@ impl SnapshotFiles {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Removes every finished snapshot file whose index is below `keep`'s,
+    /// durably (directory fsync), and returns how many went. Files at or
+    /// above that index and every temporary (a writer at work) are left
+    /// alone. The caller guarantees nothing still needs the removed ones:
+    /// `keep` is recorded in the log or installed, and no install of an
+    /// older snapshot is pending. A file another remover took first is not
+    /// an error.
+    pub fn remove_older_than(&self, keep: &SnapshotMetadata) -> Result<usize, WalError> {
+        let mut removed = 0;
+        for name in self.fs.list_dir(&self.dir).map_err(io_error(&self.dir))? {
+            let Some((_, index)) = parse_name(&name) else {
+                continue;
+            };
+            if index >= keep.index {
+                continue;
+            }
+            let path = self.dir.join(&name);
+            match self.fs.remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(&path)(error)),
+            }
+        }
+        if removed > 0 {
+            self.fs.sync_dir(&self.dir).map_err(io_error(&self.dir))?;
+        }
+        Ok(removed)
     }
 
     /// Starts writing the snapshot `metadata` describes. Nothing is visible
@@ -140,11 +184,23 @@ impl SnapshotFiles {
                 }
             }
         }
-        let Some((_, name)) = newest else {
+        let Some(((index, term), name)) = newest else {
             return Ok(None);
         };
         let path = self.dir.join(name);
         let metadata = self.verify(&path)?;
+        if (metadata.index, metadata.term) != (index, term) {
+            // Renamed by hand, or damage a checksum cannot see: callers find
+            // a snapshot by its name, so the two must agree.
+            return Err(WalError::Corrupt {
+                path,
+                offset: 12,
+                reason: format!(
+                    "holds the snapshot at index {} (term {}), not the one its name says",
+                    metadata.index, metadata.term
+                ),
+            });
+        }
         Ok(Some((metadata, path)))
     }
 
@@ -234,14 +290,17 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Seals, syncs and renames the file into place, fsyncs the directory,
-    /// and only then removes every older snapshot file.
+    /// Seals, syncs and renames the file into place and fsyncs the
+    /// directory. Removes nothing else: older snapshots may still be needed
+    /// (see the module comment). A snapshot of the same term and index that
+    /// is already in place is replaced (both hold the same committed state).
     pub fn finish(mut self) -> Result<PathBuf, WalError> {
         let mut trailer = [0u8; 12];
         trailer[..8].copy_from_slice(&self.data_len.to_le_bytes());
         trailer[8..].copy_from_slice(&self.checksum.to_le_bytes());
         let fs = self.files.fs.clone();
         let dir = self.files.dir.clone();
+        // On any failure before the rename, `drop` removes the temporary.
         self.file
             .append(&trailer)
             .and_then(|()| self.file.sync_data())
@@ -250,23 +309,16 @@ impl SnapshotWriter {
             .map_err(io_error(&self.final_path))?;
         self.finished = true;
         fs.sync_dir(&dir).map_err(io_error(&dir))?;
-
-        let mut removed = false;
-        for name in fs.list_dir(&dir).map_err(io_error(&dir))? {
-            let older = match parse_name(&name) {
-                Some((term, index)) => (index, term) < (self.metadata.index, self.metadata.term),
-                None => name.ends_with(TEMP_SUFFIX),
-            };
-            if older {
-                let path = dir.join(&name);
-                fs.remove_file(&path).map_err(io_error(&path))?;
-                removed = true;
-            }
-        }
-        if removed {
-            fs.sync_dir(&dir).map_err(io_error(&dir))?;
-        }
         Ok(self.final_path.clone())
+    }
+
+    /// The temporary file this writer owns until `finish`.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        &self.metadata
     }
 }
 

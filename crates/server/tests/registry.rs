@@ -1,0 +1,415 @@
+//! The member registry is replicated state: it comes only from applied
+//! entries (the bootstrap conf changes, each member's publish) or a
+//! snapshot of them, never from a member's own `--initial-cluster`. Real
+//! members (`server::run`) over loopback gRPC, their data on `CrashFs`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::etcdserverpb as pb;
+use raft::{ConfChange, ConfChangeKind, Entry, EntryKind, Raft, SnapshotMetadata};
+use server::config::{ResolvedConfig, ServerConfig};
+use server::node::{raft_config, StateMachine};
+use server::server::{bootstrap_raft, run, Listeners, ServerError};
+use server::state::{KvStateMachine, ReplicatedState, SharedState};
+use server::storage::open_member_storage_on;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wal::crash_fs::CrashFs;
+use wal::SnapshotFiles;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Member {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+    client: SocketAddr,
+    snapshots: SnapshotFiles,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
+}
+
+fn url(listener: &TcpListener) -> String {
+    format!("http://{}", listener.local_addr().expect("addr"))
+}
+
+/// A config for `name` whose peer URLs are those of `peer` listeners.
+fn config(
+    name: &str,
+    client: &TcpListener,
+    peer: &[&TcpListener],
+    initial_cluster: &str,
+) -> ResolvedConfig {
+    ServerConfig {
+        name: name.to_string(),
+        data_dir: Some(Path::new("/data").join(name)),
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: peer.iter().map(|listener| url(listener)).collect(),
+        initial_cluster: Some(initial_cluster.to_string()),
+        heartbeat_interval: 20,
+        election_timeout: 200,
+        snapshot_count: 5,
+        snapshot_catchup_entries: 5,
+        ..ServerConfig::default()
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+/// Starts a member as the binary does: restart from its data if any, else
+/// bootstrap.
+fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
+    let mut storage = open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 1 << 20)
+        .expect("open storage");
+    let raft = match storage.initial.take() {
+        Some(initial) => Raft::new(
+            raft_config(
+                config.member_id,
+                config.heartbeat_interval_ms,
+                config.election_timeout_ms,
+                config.member_id,
+            ),
+            initial,
+        )
+        .expect("restart raft"),
+        None => bootstrap_raft(&config).expect("bootstrap"),
+    };
+    let client = listeners.client[0].local_addr().expect("addr");
+    let snapshots = storage.snapshots.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        config,
+        listeners,
+        storage.log,
+        storage.snapshots,
+        storage.restored,
+        raft,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Member {
+        stop,
+        task,
+        client,
+        snapshots,
+    }
+}
+
+async fn stop(member: Member) {
+    let _ = member.stop.send(());
+    member
+        .task
+        .await
+        .expect("member task")
+        .expect("member stopped cleanly");
+}
+
+async fn put_until<F: FnMut() -> bool>(client: SocketAddr, what: &str, mut done: F) {
+    let mut kv = pb::kv_client::KvClient::connect(format!("http://{client}"))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut round = 0u64;
+    while !done() {
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        // Failures (no leader yet) are retried: the condition decides.
+        let _ = kv
+            .put(pb::PutRequest {
+                key: format!("key-{round}").into_bytes().into(),
+                value: b"value".to_vec().into(),
+                ..pb::PutRequest::default()
+            })
+            .await;
+        round += 1;
+    }
+}
+
+async fn member_list(client: SocketAddr) -> Vec<(u64, String, Vec<String>, Vec<String>)> {
+    let mut cluster = pb::cluster_client::ClusterClient::connect(format!("http://{client}"))
+        .await
+        .expect("connect");
+    let mut members: Vec<_> = cluster
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .expect("member list")
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|member| {
+            (
+                member.id,
+                member.name,
+                member.peer_ur_ls,
+                member.client_ur_ls,
+            )
+        })
+        .collect();
+    members.sort();
+    members
+}
+
+/// The newest snapshot's state, if there is one (a file removed under
+/// the reader counts as none yet).
+fn newest_state(files: &SnapshotFiles) -> Option<(SnapshotMetadata, ReplicatedState)> {
+    let (metadata, path) = files.latest().ok()??;
+    let state = ReplicatedState::load(files, &path, &metadata).ok()?;
+    Some((metadata, state))
+}
+
+fn registry_bytes(state: &ReplicatedState) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    state.write_registry(&mut bytes).expect("registry image");
+    bytes
+}
+
+/// A member restarted with an `--initial-cluster` naming a member the
+/// cluster never had: before the registry was replicated state, that
+/// member was merged into the restored snapshot's registry, listed by
+/// `MemberList` and written into this member's next snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made() {
+    let fs = CrashFs::new();
+    let (client, peer, stranger) = (bind().await, bind().await, bind().await);
+    let alone = format!("a={}", url(&peer));
+    let first = config("a", &client, &[&peer], &alone);
+    let client_url_a = url(&client);
+    let member_id = first.member_id;
+    let stranger_url = url(&stranger);
+    drop(stranger);
+    let member = start(
+        first,
+        &fs,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    let files = member.snapshots.clone();
+    put_until(member.client, "a snapshot holding the publish", || {
+        newest_state(&files).is_some_and(|(_, state)| {
+            state
+                .members
+                .get(&member_id)
+                .is_some_and(|info| info.name == "a")
+        })
+    })
+    .await;
+    let before = member_list(member.client).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    stop(member).await;
+    let (first_snapshot, first_state) = newest_state(&files).expect("a snapshot");
+
+    // Restart on the same data with a config that adds a member "c". The
+    // peer URL stays the one the member's id comes from; it listens
+    // elsewhere (nothing dials a lone member). Its advertised client URL
+    // stays too, so that its publish changes nothing.
+    let (client, peer) = (bind().await, bind().await);
+    let peer_url_a = first_state.members[&member_id].peer_urls[0].clone();
+    let second = ServerConfig {
+        name: "a".to_string(),
+        data_dir: Some(Path::new("/data").join("a")),
+        listen_client_urls: vec![url(&client)],
+        advertise_client_urls: vec![client_url_a],
+        listen_peer_urls: vec![url(&peer)],
+        initial_advertise_peer_urls: vec![peer_url_a.clone()],
+        initial_cluster: Some(format!("a={peer_url_a},c={stranger_url}")),
+        heartbeat_interval: 20,
+        election_timeout: 200,
+        snapshot_count: 5,
+        snapshot_catchup_entries: 5,
+        ..ServerConfig::default()
+    }
+    .resolve()
+    .expect("valid config");
+    assert_eq!(second.member_id, member_id);
+    assert_eq!(second.initial_members.len(), 2);
+    let member = start(
+        second,
+        &fs,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    let files = member.snapshots.clone();
+    put_until(member.client, "a newer snapshot", || {
+        newest_state(&files).is_some_and(|(metadata, _)| metadata.index > first_snapshot.index)
+    })
+    .await;
+    let after = member_list(member.client).await;
+    stop(member).await;
+    let (_, second_state) = newest_state(&files).expect("a snapshot");
+    assert_eq!(after, before, "MemberList after the restart");
+    assert_eq!(
+        registry_bytes(&second_state),
+        registry_bytes(&first_state),
+        "the registry part of the snapshot"
+    );
+}
+
+/// Two members whose configurations list the same cluster differently (the
+/// order of a member's two peer URLs): before the registry was replicated
+/// state, each seeded it from its own configuration and their registries
+/// (and snapshots) differed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_configured_differently_hold_identical_registries() {
+    let fs_a = CrashFs::new();
+    let fs_b = CrashFs::new();
+    let (client_a, peer_a1, peer_a2) = (bind().await, bind().await, bind().await);
+    let (client_b, peer_b) = (bind().await, bind().await);
+    let (a1, a2, b) = (url(&peer_a1), url(&peer_a2), url(&peer_b));
+    let config_a = config(
+        "a",
+        &client_a,
+        &[&peer_a1, &peer_a2],
+        &format!("a={a1},a={a2},b={b}"),
+    );
+    let config_b = config("b", &client_b, &[&peer_b], &format!("b={b},a={a2},a={a1}"));
+    assert_eq!(config_a.cluster_id, config_b.cluster_id, "one cluster");
+    let ids = [config_a.member_id, config_b.member_id];
+    let member_a = start(
+        config_a,
+        &fs_a,
+        Listeners {
+            client: vec![client_a],
+            peer: vec![peer_a1, peer_a2],
+        },
+    );
+    let member_b = start(
+        config_b,
+        &fs_b,
+        Listeners {
+            client: vec![client_b],
+            peer: vec![peer_b],
+        },
+    );
+    let published = |files: &SnapshotFiles| {
+        newest_state(files).is_some_and(|(_, state)| {
+            ids.iter().all(|id| {
+                state
+                    .members
+                    .get(id)
+                    .is_some_and(|info| !info.name.is_empty())
+            })
+        })
+    };
+    let (files_a, files_b) = (member_a.snapshots.clone(), member_b.snapshots.clone());
+    put_until(
+        member_a.client,
+        "both members' snapshots hold both publishes",
+        || published(&files_a) && published(&files_b),
+    )
+    .await;
+    let list_a = member_list(member_a.client).await;
+    let list_b = member_list(member_b.client).await;
+    stop(member_a).await;
+    stop(member_b).await;
+    assert_eq!(list_a, list_b, "MemberList on both members");
+    let (_, state_a) = newest_state(&files_a).expect("a's snapshot");
+    let (_, state_b) = newest_state(&files_b).expect("b's snapshot");
+    assert_eq!(
+        registry_bytes(&state_a),
+        registry_bytes(&state_b),
+        "the registry part of both snapshots"
+    );
+    let a_urls = &state_a.members[&ids[0]].peer_urls;
+    assert_eq!(a_urls, &vec![a1, a2], "a's peer URLs as a advertises them");
+}
+
+/// The state machine alone: the registry is what the bootstrap entries and
+/// publishes make it, whatever a member's configuration says.
+#[test]
+fn the_registry_is_built_by_applying_the_bootstrap_entries_and_publishes() {
+    let state = SharedState::new();
+    let mut machine = KvStateMachine::new(state.clone(), None).expect("state machine");
+    for (index, id) in [(1u64, 10u64), (2, 20), (3, 30)] {
+        machine
+            .apply_conf_change(&conf_change(index, ConfChangeKind::AddVoter, id))
+            .expect("apply");
+    }
+    machine
+        .apply(4, 1, publish(20, "b", &["http://b:2380"]))
+        .expect("publish");
+    machine
+        .apply_conf_change(&conf_change(5, ConfChangeKind::Remove, 30))
+        .expect("remove");
+    // A late publish of the removed member does not bring it back.
+    machine
+        .apply(6, 1, publish(30, "c", &["http://c:2380"]))
+        .expect("publish");
+    let registry = state.read().expect("state").members.clone();
+    assert_eq!(registry.keys().copied().collect::<Vec<_>>(), [10, 20]);
+    assert_eq!(registry[&20].name, "b");
+    assert_eq!(registry[&20].peer_urls, ["http://b:2380"]);
+    assert!(registry[&10].name.is_empty(), "not published yet");
+}
+
+/// The applier stops at an entry that is not the applied index plus one
+/// (a gap or a repeat), naming both indexes, and applies nothing of it.
+#[test]
+fn an_entry_out_of_order_stops_the_state_machine_with_both_indexes() {
+    let state = SharedState::new();
+    let mut machine = KvStateMachine::new(state.clone(), None).expect("state machine");
+    machine
+        .apply_conf_change(&conf_change(1, ConfChangeKind::AddVoter, 10))
+        .expect("apply 1");
+    machine.apply(2, 1, Bytes::new()).expect("apply 2");
+    let gap = machine
+        .apply(4, 1, publish(10, "a", &[]))
+        .expect_err("a gap must stop the applier");
+    assert!(gap.to_string().contains("entry 4"), "{gap}");
+    assert!(gap.to_string().contains("after entry 2"), "{gap}");
+    let repeat = machine
+        .apply_conf_change(&conf_change(2, ConfChangeKind::AddVoter, 99))
+        .expect_err("a repeat must stop the applier");
+    assert!(repeat.to_string().contains("entry 2"), "{repeat}");
+    let state = state.read().expect("state");
+    assert_eq!(state.applied_index, 2);
+    assert!(
+        state.members[&10].name.is_empty(),
+        "the gap entry was not applied"
+    );
+    assert!(
+        !state.members.contains_key(&99),
+        "the repeat was not applied"
+    );
+}
+
+fn conf_change(index: u64, change: ConfChangeKind, node_id: u64) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        kind: EntryKind::ConfChange,
+        data: ConfChange {
+            change,
+            node_id,
+            context: Bytes::new(),
+        }
+        .encode(),
+    }
+}
+
+fn publish(member_id: u64, name: &str, peer_urls: &[&str]) -> Bytes {
+    use prost::Message as _;
+    use proto::internal::{internal_request, InternalRequest, MemberAttributes};
+    Bytes::from(
+        InternalRequest {
+            request: Some(internal_request::Request::Publish(MemberAttributes {
+                member_id,
+                name: name.to_string(),
+                client_urls: vec![format!("http://{name}:2379")],
+                peer_urls: peer_urls.iter().map(|url| url.to_string()).collect(),
+            })),
+        }
+        .encode_to_vec(),
+    )
+}
