@@ -489,7 +489,12 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
     cluster.wait_until(
         Duration::from_secs(60),
         "the stopped follower has caught up",
-        |cluster| cluster.serializable_value(follower, "snap-09999").as_deref() == Some(b"v9999"),
+        |cluster| {
+            cluster
+                .serializable_value(follower, "snap-09999")
+                .as_deref()
+                == Some(b"v9999")
+        },
     );
     assert_eq!(
         cluster.serializable_count(follower, "snap-"),

@@ -118,10 +118,7 @@ fn etcdctl_commands_against_a_three_member_cluster() {
         "foo1\nbar1\n",
         "a historical read sees the old value"
     );
-    assert_eq!(
-        run(&["get", "foo1", "--consistency=s"]),
-        "foo1\nchanged\n"
-    );
+    assert_eq!(run(&["get", "foo1", "--consistency=s"]), "foo1\nchanged\n");
 
     assert_eq!(run(&["del", "foo", "--prefix"]), "3\n");
     assert_eq!(run(&["get", "foo", "--prefix"]), "");

@@ -23,6 +23,7 @@
 //! unless `RAFTKV_REQUIRE_TOOLS=1` (set by `.ci/run`) or `CI=true`, where it
 //! fails.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -221,8 +222,12 @@ fn etcd_binary() -> Option<PathBuf> {
         if required {
             panic!("etcd is required (RAFTKV_REQUIRE_TOOLS=1 or CI=true) but not on PATH (apt-get install etcd-server)");
         }
-        eprintln!(
-            "\n*** SKIPPING etcd_control: etcd is not on PATH (apt-get install etcd-server) ***\n"
+        // Straight to stderr, past the harness's capture, so the skip shows
+        // in a plain `cargo test` run.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPING etcd_control: etcd is not on PATH (apt-get install etcd-server); \
+             RAFTKV_REQUIRE_TOOLS=1 or CI=true makes this a failure ***\n"
         );
     }
     found

@@ -14,9 +14,9 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::io::Write as _;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
