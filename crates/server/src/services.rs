@@ -18,8 +18,8 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::node::{NodeError, NodeHandle};
+use crate::peer::Transport;
 use crate::state::SharedState;
-use crate::transport::Transport;
 
 /// Everything the client services share.
 #[derive(Clone)]
