@@ -44,6 +44,9 @@ pub(crate) struct Driver<L: LogStorage, O: Outbox> {
     pub(crate) status: watch::Sender<NodeStatus>,
     /// ReadIndex batches in flight: request id → everyone waiting on it.
     pub(crate) pending_reads: HashMap<u64, Vec<ReadSender>>,
+    /// Started at a random point for every run (see `RequestId`): Raft
+    /// answers a read by its id alone, and an answer meant for an earlier
+    /// run of this member can arrive after a restart.
     pub(crate) next_read_id: u64,
     /// Entries kept in the log after compaction for lagging followers.
     pub(crate) snapshot_catchup_entries: u64,
@@ -205,7 +208,7 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             return;
         }
         let id = self.next_read_id;
-        self.next_read_id += 1;
+        self.next_read_id = self.next_read_id.wrapping_add(1);
         match self.raft.read_index(id) {
             Ok(()) => {
                 self.pending_reads.insert(id, reads);

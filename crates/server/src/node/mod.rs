@@ -149,7 +149,9 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             apply: apply_tx,
             status: status_tx,
             pending_reads: HashMap::new(),
-            next_read_id: 1,
+            // Like request ids: a random start for every run, so a late
+            // answer to an earlier run's read never releases one of this run.
+            next_read_id: proposal::run_nonce(),
             snapshot_catchup_entries: options.snapshot_catchup_entries,
             unreachable: Vec::new(),
         };

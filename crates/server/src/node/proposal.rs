@@ -15,10 +15,25 @@ use tokio::sync::oneshot;
 use super::NodeError;
 
 /// Identifies a proposal on the member that made it, so its applier can
-/// find who waits for it. Ids come from a counter started at a random-ish
-/// point (time at start) so an entry from an earlier run of this member
-/// never matches a waiter of this run.
+/// find who waits for it. Ids come from a counter started at a random
+/// 64-bit point for every run of the member ([`run_nonce`]), never from the
+/// clock: entries of an earlier run can still be in the log, and an id of
+/// this run equal to one of theirs would answer a client with another
+/// request's result. Two runs meet only if their ranges overlap: with n ids
+/// drawn per run, a chance of about 2n / 2^64.
 pub type RequestId = u64;
+
+/// A random 64-bit number, fresh for every call and every run of the
+/// process, from the OS's random source. (std seeds every `RandomState`'s
+/// SipHash keys from the OS, `getrandom(2)` on Linux, once per thread and
+/// distinct per instance; the hash of nothing under fresh keys is a random
+/// number. No crate, no file to open, nothing that can fail at start.)
+pub(crate) fn run_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
 
 pub(crate) const PROPOSAL_HEADER_BYTES: usize = 16;
 
@@ -70,12 +85,9 @@ pub(crate) struct Waiters {
 
 impl Waiters {
     pub(crate) fn new() -> Self {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |elapsed| elapsed.as_nanos() as u64);
         Waiters {
             by_request: std::sync::Mutex::new(HashMap::new()),
-            next_request_id: std::sync::atomic::AtomicU64::new(start),
+            next_request_id: std::sync::atomic::AtomicU64::new(run_nonce()),
         }
     }
 
@@ -86,6 +98,7 @@ impl Waiters {
     }
 
     pub(crate) fn next_request_id(&self) -> RequestId {
+        // Wraps at 2^64, like the read ids: only distinctness matters.
         self.next_request_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
@@ -118,5 +131,29 @@ impl Waiters {
                 let _ = done.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Entries of an earlier run of a member can still be in the log when
+    /// it restarts; a request id of the new run that equals one of theirs
+    /// would answer a client with another request's result. Nothing about
+    /// the wall clock may matter: here the later run draws its ids first, as
+    /// if its clock had been stepped back behind the earlier run's.
+    #[test]
+    fn request_ids_of_two_runs_never_meet_whichever_clock_reads_earlier() {
+        const IDS: usize = 1_000_000;
+        let later_run = Waiters::new();
+        let earlier_run = Waiters::new();
+        let earlier: HashSet<RequestId> = (0..IDS).map(|_| earlier_run.next_request_id()).collect();
+        let collisions = (0..IDS)
+            .filter(|_| earlier.contains(&later_run.next_request_id()))
+            .count();
+        assert_eq!(collisions, 0, "request ids repeat across runs");
     }
 }

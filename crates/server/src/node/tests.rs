@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::{Entry, HardState, Message, NodeId, Raft, SnapshotMetadata};
+use raft::{Entry, HardState, Message, MessageBody, NodeId, Raft, SnapshotMetadata};
 
 use super::applier::Applier;
 use super::driver::{Driver, Flow};
@@ -523,4 +523,60 @@ fn a_partitioned_leaders_messages_can_be_dropped_and_a_new_leader_elected() {
     assert!(!cluster.member(1).is_leader());
     let term = cluster.member(leader).driver.raft.term();
     assert_eq!(cluster.member(1).driver.raft.term(), term);
+}
+
+/// A read of an earlier run of member 2 whose answer comes late must not
+/// release a read of its next run: that would serve the new read at an
+/// index older than its own request (a stale linearizable read).
+#[test]
+fn a_late_read_answer_for_an_earlier_run_is_not_taken_for_this_runs_read() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+
+    let _first_run_read = cluster.member(2).handle.start_read().expect("queued");
+    cluster.member(2).pump();
+    let first_run_request = read_index_request(cluster.member(2).take_sent());
+
+    // Member 2 restarts: a new run of the same member, same id.
+    cluster.members[1] = Member::new(2, &[1, 2, 3]);
+    cluster.tick();
+    assert_eq!(cluster.member(2).driver.raft.leader(), 1);
+    let mut second_run_read = cluster.member(2).handle.start_read().expect("queued");
+    cluster.member(2).pump();
+    let second_run_request = read_index_request(cluster.member(2).take_sent());
+    assert_ne!(
+        first_run_request, second_run_request,
+        "read ids repeat across runs"
+    );
+
+    // The leader's late answer to the first run's read arrives.
+    let term = cluster.member(1).driver.raft.term();
+    cluster.member(2).deliver(PeerEvent::Received(Message {
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::ReadIndexResponse {
+            request_id: first_run_request,
+            index: 1,
+        },
+    }));
+    cluster.member(2).pump();
+    assert!(
+        second_run_read.try_recv().is_err(),
+        "the second run's read was released by an answer to the first run's"
+    );
+}
+
+/// The id of the one ReadIndex request among what a member sent.
+fn read_index_request(sent: Sent) -> u64 {
+    let ids: Vec<u64> = sent
+        .messages
+        .iter()
+        .filter_map(|message| match message.body {
+            MessageBody::ReadIndex { request_id } => Some(request_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one ReadIndex request: {:?}", sent.messages);
+    ids[0]
 }
