@@ -14,6 +14,7 @@
 pub mod authority;
 pub mod config;
 pub mod convert;
+pub mod errors;
 pub mod node;
 pub mod peer;
 pub mod server;

@@ -10,7 +10,7 @@
 //! and it stops (failing what waits) after a failed persist: nothing is
 //! acknowledged after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,7 +53,28 @@ pub(crate) struct Driver<L: LogStorage, O: Outbox> {
     /// Peers the outbox could not queue for in the current Ready (kept to
     /// reuse its allocation).
     pub(crate) unreachable: Vec<NodeId>,
+    /// This member's own writes it appended as leader whose entries are not
+    /// yet handed out for apply, oldest first. Bounded by
+    /// `TRACKED_BATCHES_MAX`.
+    pub(crate) proposed: VecDeque<ProposedBatch>,
 }
+
+/// Local writes appended, as leader, in one round. Each took effect iff the
+/// entry committed at its index has `term` (Raft's `LogPosition` rule): a
+/// new leader may replace the suffix a deposed leader did not replicate.
+pub(crate) struct ProposedBatch {
+    term: u64,
+    first_index: u64,
+    /// Request ids at `first_index`, `first_index + 1`, ...
+    ids: Vec<RequestId>,
+}
+
+/// Rounds of local writes tracked for `leader changed`. Batches resolve when
+/// the commit index passes them; only a member whose log a new leader cut
+/// short, with no new entries since, holds some longer. Past this bound the
+/// oldest is dropped: its writes, if still waiting, time out instead
+/// (outcome unknown, which is still true).
+const TRACKED_BATCHES_MAX: usize = 4096;
 
 /// What one round of the loop collected before proposing and reading.
 #[derive(Default)]
@@ -190,16 +211,67 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             }
             return;
         }
+        // This member's writes first: they take the batch's first indexes.
+        let total = (local.len() + forwarded.len()) as u64;
         let mut data = local;
         data.extend(forwarded);
         if data.is_empty() {
             return;
         }
-        if let Err(error) = self.raft.propose_batch(data) {
-            self.waiters.fail(local_ids, &node_error(error));
-            for (origin, ids) in forwarded_ids {
-                self.outbox.refuse(origin, ids);
+        match self.raft.propose_batch(data) {
+            Ok(last) if !local_ids.is_empty() => {
+                debug_assert!(last.index >= total, "a batch fits below its last index");
+                self.track(ProposedBatch {
+                    term: last.term,
+                    first_index: last.index + 1 - total,
+                    ids: local_ids,
+                });
             }
+            Ok(_) => {}
+            Err(error) => {
+                self.waiters.fail(local_ids, &node_error(error));
+                for (origin, ids) in forwarded_ids {
+                    self.outbox.refuse(origin, ids);
+                }
+            }
+        }
+    }
+
+    fn track(&mut self, batch: ProposedBatch) {
+        if self.proposed.len() == TRACKED_BATCHES_MAX {
+            self.proposed.pop_front();
+        }
+        self.proposed.push_back(batch);
+    }
+
+    /// Entries up to `handed_out` have gone to the applier: writes of this
+    /// member at those indexes whose entry is not theirs (another term)
+    /// will never apply. Their clients hear `leader changed` now; those
+    /// whose entry is theirs are answered by the applier.
+    fn resolve_proposed(&mut self, handed_out: u64) {
+        let raft = &self.raft;
+        let mut lost = Vec::new();
+        self.proposed.retain(|batch| {
+            let last = batch.first_index + batch.ids.len() as u64 - 1;
+            if last > handed_out {
+                return true;
+            }
+            for (index, &id) in (batch.first_index..).zip(&batch.ids) {
+                // `None`: a snapshot from the leader covered it. Its effect,
+                // if any, is in the snapshot, never reported by the applier:
+                // outcome unknown, which `leader changed` also says.
+                if raft.log_term(index) != Some(batch.term) {
+                    lost.push(id);
+                }
+            }
+            false
+        });
+        if !lost.is_empty() {
+            tracing::debug!(
+                writes = lost.len(),
+                "writes lost to a change of leader (their entries were replaced)"
+            );
+            self.waiters.fail(lost, &NodeError::LeaderChanged);
         }
     }
 
@@ -260,6 +332,9 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             };
             if self.apply.send(batch).is_err() {
                 return Err(StorageError("the apply thread stopped".to_string()));
+            }
+            if !self.proposed.is_empty() {
+                self.resolve_proposed(self.raft.applied_index());
             }
         }
         self.raft.advance(ready);

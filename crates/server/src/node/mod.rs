@@ -29,7 +29,7 @@ mod proposal;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raft::{ConfChange, Config, LogPosition, NodeId, Raft};
 use tokio::sync::{oneshot, watch};
+
+use crate::errors;
 
 use applier::{Applier, ApplyBatch};
 use driver::Driver;
@@ -50,18 +52,24 @@ pub use ports::{
 };
 pub use proposal::RequestId;
 
-/// Why a request could not be served.
+/// Why a request could not be served. Texts and gRPC codes are etcd's, from
+/// [`crate::errors`].
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NodeError {
-    #[error("etcdserver: no leader")]
+    /// Never proposed: no leader is known (or it could not be reached).
+    #[error("{}", errors::NO_LEADER.text)]
     NoLeader,
-    #[error("not the leader; the leader is {leader:x}")]
+    #[error("{}", errors::NOT_LEADER.text)]
     NotLeader { leader: NodeId },
-    #[error("etcdserver: request timed out")]
+    /// The request's deadline passed; a write's outcome is unknown.
+    #[error("{}", errors::TIMEOUT.text)]
     Timeout,
-    #[error("etcdserver: server stopped")]
+    #[error("{}", errors::STOPPED.text)]
     Stopped,
-    #[error("etcdserver: leader changed")]
+    /// Lost to a change of leader: a read dropped by a deposed leader, a
+    /// local write whose entry a new leader replaced, or a proposal refused
+    /// while leadership moves.
+    #[error("{}", errors::LEADER_CHANGED.text)]
     LeaderChanged,
     #[error("{0}")]
     Rejected(String),
@@ -154,6 +162,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             next_read_id: proposal::run_nonce(),
             snapshot_catchup_entries: options.snapshot_catchup_entries,
             unreachable: Vec::new(),
+            proposed: VecDeque::new(),
         };
         Parts {
             driver,

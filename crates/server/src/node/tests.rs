@@ -580,3 +580,45 @@ fn read_index_request(sent: Sent) -> u64 {
     assert_eq!(ids.len(), 1, "one ReadIndex request: {:?}", sent.messages);
     ids[0]
 }
+
+/// A leader appends a client's write, is cut off before replicating it, and
+/// the new leader's entry takes that index: the write can never apply. Its
+/// client hears etcd's `leader changed` as soon as the old leader learns
+/// it, not a timeout later.
+#[test]
+fn a_write_whose_entry_a_new_leader_replaced_answers_leader_changed() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let old_term = cluster.member(1).driver.raft.term();
+    cluster.isolate(1);
+    let mut lost = cluster.member(1).propose("never committed");
+    cluster.step();
+    let lost_index = cluster.member(1).driver.raft.last_index();
+    assert_eq!(
+        cluster.member(1).driver.raft.log_term(lost_index),
+        Some(old_term)
+    );
+
+    let new_leader = cluster.tick_until_leader(&[2, 3]);
+    cluster.heal();
+    cluster.tick();
+    cluster.tick();
+    assert!(cluster.member(1).driver.raft.commit_index() >= lost_index);
+    assert_ne!(
+        cluster.member(1).driver.raft.log_term(lost_index),
+        Some(old_term),
+        "member {new_leader}'s entry replaced it"
+    );
+    assert_eq!(lost.try_result(), Some(Err(NodeError::LeaderChanged)));
+    let status = tonic::Status::from(NodeError::LeaderChanged);
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::Unavailable, "etcdserver: leader changed")
+    );
+    assert!(cluster.member(1).state_machine.applied.is_empty());
+
+    // The same member, leading again, answers its next write normally.
+    let mut next = cluster.member(new_leader).propose("after the change");
+    cluster.settle();
+    answered_index(next.try_result());
+}

@@ -22,6 +22,7 @@ use wal::{SnapshotFiles, SnapshotWriter};
 
 use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::convert::message_from_wire;
+use crate::errors;
 use crate::node::{PeerEvent, PeerEvents};
 
 /// Data bytes per chunk: well under gRPC's message limit.
@@ -199,6 +200,6 @@ pub async fn receive_snapshot(
     events
         .deliver(PeerEvent::Received(message))
         .await
-        .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        .map_err(|_| errors::STOPPED.status())?;
     Ok(wire::SnapshotAck { size_bytes: size })
 }
