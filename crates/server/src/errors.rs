@@ -73,6 +73,7 @@ impl From<NodeError> for Status {
             NodeError::LeaderChanged => LEADER_CHANGED.status(),
             NodeError::Timeout => TIMEOUT.status(),
             NodeError::Stopped => STOPPED.status(),
+            NodeError::TooManyRequests => TOO_MANY_REQUESTS.status(),
             NodeError::Rejected(message) => Status::failed_precondition(message),
         }
     }
@@ -109,6 +110,11 @@ mod tests {
                 NodeError::Stopped,
                 Code::Unavailable,
                 "etcdserver: server stopped",
+            ),
+            (
+                NodeError::TooManyRequests,
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
             ),
         ];
         for (error, code, text) in cases {

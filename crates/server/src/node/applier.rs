@@ -13,6 +13,7 @@ use raft::{ConfState, Entry, NodeId, Snapshot, SnapshotMetadata};
 use tokio::sync::watch;
 
 use super::inbox::{Input, InputSender};
+use super::load::Load;
 use super::ports::{ImageFixed, StateMachine, StorageError};
 use super::proposal::{unframe_proposal, Waiters, PROPOSAL_HEADER_BYTES};
 
@@ -38,6 +39,7 @@ pub(crate) struct Applier {
     pub(crate) applied_term: u64,
     /// The snapshot being written, if any: one at a time.
     pub(crate) snapshot_writer: Option<JoinHandle<()>>,
+    pub(crate) load: Arc<Load>,
 }
 
 impl Applier {
@@ -101,7 +103,8 @@ impl Applier {
                     }
                     Err(error) => Input::SnapshotFailed(error.to_string()),
                 };
-                let _ = raft_input.send(outcome);
+                // A plain thread: it may wait for room in the queue.
+                let _ = raft_input.blocking_send(outcome);
             })
             .map_err(|error| StorageError(format!("spawning the snapshot writer: {error}")))?;
         self.snapshot_writer = Some(writer);
@@ -128,6 +131,7 @@ impl Applier {
             self.applied_term = snapshot.metadata.term;
             self.last_snapshot_index = snapshot.metadata.index;
             self.applied.send_replace(state_machine.applied_index());
+            self.load.set_applied(state_machine.applied_index());
         }
         for entry in &batch.entries {
             let framed = match entry.kind {
@@ -159,6 +163,7 @@ impl Applier {
         // Once per batch: every send wakes every reader waiting on it.
         if let Some(last) = batch.entries.last() {
             self.applied.send_replace(last.index);
+            self.load.set_applied(last.index);
         }
         Ok(())
     }

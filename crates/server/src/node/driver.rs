@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::applier::ApplyBatch;
 use super::inbox::{Input, InputReceiver};
+use super::load::{Load, INPUT_QUEUE_MAX};
 use super::ports::{LogStorage, Outbox, PeerEvent, SnapshotSend, StorageError};
 use super::proposal::{unframe_proposal, RequestId, Waiters};
 use super::{NodeError, NodeStatus};
@@ -40,7 +41,9 @@ pub(crate) struct Driver<L: LogStorage, O: Outbox> {
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) log: L,
     pub(crate) outbox: O,
-    pub(crate) apply: std::sync::mpsc::Sender<ApplyBatch>,
+    /// Bounded (`APPLY_QUEUE_BATCHES_MAX`): when the applier is that far
+    /// behind, the raft thread waits for it.
+    pub(crate) apply: std::sync::mpsc::SyncSender<ApplyBatch>,
     pub(crate) status: watch::Sender<NodeStatus>,
     /// ReadIndex batches in flight: request id → everyone waiting on it.
     pub(crate) pending_reads: HashMap<u64, Vec<ReadSender>>,
@@ -57,6 +60,7 @@ pub(crate) struct Driver<L: LogStorage, O: Outbox> {
     /// yet handed out for apply, oldest first. Bounded by
     /// `TRACKED_BATCHES_MAX`.
     pub(crate) proposed: VecDeque<ProposedBatch>,
+    pub(crate) load: Arc<Load>,
 }
 
 /// Local writes appended, as leader, in one round. Each took effect iff the
@@ -81,6 +85,8 @@ const TRACKED_BATCHES_MAX: usize = 4096;
 pub(crate) struct Round {
     proposals: Proposals,
     reads: Vec<ReadSender>,
+    /// Inputs taken: what had queued since the previous round.
+    inputs: usize,
 }
 
 impl<L: LogStorage, O: Outbox> Driver<L, O> {
@@ -94,9 +100,14 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
                 if self.take(item, &mut round) == Flow::Stop {
                     return;
                 }
-                next = input.try_recv().ok();
+                // At most one queue's worth per round: under a steady stream
+                // of inputs the Ready must still come.
+                if round.inputs < INPUT_QUEUE_MAX {
+                    next = input.try_recv().ok();
+                }
             }
-            if self.finish(round) == Flow::Stop {
+            if self.finish(round) == Flow::Stop || self.load.stopping() {
+                self.fail_pending(NodeError::Stopped);
                 return;
             }
         }
@@ -117,8 +128,12 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
 
     /// Takes one input into the round (or acts on it at once).
     fn take(&mut self, item: Input, round: &mut Round) -> Flow {
+        round.inputs += 1;
         match item {
-            Input::Tick => self.raft.tick(),
+            Input::Tick => {
+                self.raft.tick();
+                self.forget_abandoned_reads();
+            }
             Input::Peer(PeerEvent::Received(message)) => self.raft.step(message),
             Input::Peer(PeerEvent::Unreachable(peer)) => self.raft.report_unreachable(peer),
             Input::Propose { request_id, data } => round.proposals.add_local(request_id, data),
@@ -171,6 +186,7 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
     /// Proposes and reads what the round collected, then handles every
     /// Ready.
     fn finish(&mut self, round: Round) -> Flow {
+        let inputs = round.inputs;
         self.propose_all(round.proposals);
         self.read_all(round.reads);
         while self.raft.has_ready() {
@@ -182,6 +198,7 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             }
         }
         self.publish_status();
+        self.load.set_committed(self.raft.commit_index(), inputs);
         Flow::Continue
     }
 
@@ -406,6 +423,14 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             "snapshot taken; log compacted"
         );
         Ok(())
+    }
+
+    /// Drops ReadIndex batches nobody waits for any more (their handlers
+    /// timed out or went away): an answer that never comes (a follower's
+    /// request lost on the way to the leader) must not keep them forever.
+    fn forget_abandoned_reads(&mut self) {
+        self.pending_reads
+            .retain(|_, waiting| waiting.iter().any(|done| !done.is_closed()));
     }
 
     fn fail_pending(&mut self, error: NodeError) {

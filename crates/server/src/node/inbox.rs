@@ -4,11 +4,18 @@
 //! feed the same channel; the raft thread drains it before each Ready, which
 //! is what batches proposals (group commit). Peer events go straight into
 //! it, with no bridge task between the peer streams and the raft thread.
+//!
+//! The queue is bounded ([`INPUT_QUEUE_MAX`]). Client inputs never wait for
+//! room: a full queue refuses them (`too many requests`). Everything else
+//! (peer events, ticks, snapshot reports, stop) waits for room, and waiting
+//! senders get it before later client inputs, so an overloaded member slows
+//! its peers' streams but never loses their messages.
 
 use bytes::Bytes;
 use raft::{ConfChange, LogPosition, NodeId, SnapshotMetadata};
 use tokio::sync::{mpsc, oneshot};
 
+use super::load::INPUT_QUEUE_MAX;
 use super::ports::PeerEvent;
 use super::{NodeError, RequestId};
 
@@ -38,8 +45,17 @@ pub(crate) enum Input {
     Stop,
 }
 
-pub(crate) type InputSender = mpsc::UnboundedSender<Input>;
-pub(crate) type InputReceiver = mpsc::UnboundedReceiver<Input>;
+pub(crate) type InputSender = mpsc::Sender<Input>;
+pub(crate) type InputReceiver = mpsc::Receiver<Input>;
+
+/// Queues a client's input (a handle's request), or refuses it when the
+/// queue is full: the raft thread is that far behind.
+pub(crate) fn try_queue(input: &InputSender, item: Input) -> Result<(), NodeError> {
+    input.try_send(item).map_err(|error| match error {
+        mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
+        mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+    })
+}
 
 /// The node stopped: nothing more can be delivered to it.
 #[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,9 +70,13 @@ pub struct PeerEvents {
 }
 
 impl PeerEvents {
-    /// Hands `event` to the raft thread.
+    /// Hands `event` to the raft thread, waiting for room in its queue (a
+    /// waiting sender is served before any client input that comes later).
     pub async fn deliver(&self, event: PeerEvent) -> Result<(), NodeGone> {
-        self.input.send(Input::Peer(event)).map_err(|_| NodeGone)
+        self.input
+            .send(Input::Peer(event))
+            .await
+            .map_err(|_| NodeGone)
     }
 }
 
@@ -94,7 +114,7 @@ impl NodeInbox {
 /// A node's input queue: the sender the peer side gets, and the inbox the
 /// node starts with.
 pub fn inbox() -> (PeerEvents, NodeInbox) {
-    let (sender, receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::channel(INPUT_QUEUE_MAX);
     (
         PeerEvents {
             input: sender.clone(),

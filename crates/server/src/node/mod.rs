@@ -24,6 +24,7 @@
 mod applier;
 mod driver;
 mod inbox;
+mod load;
 pub mod ports;
 mod proposal;
 #[cfg(test)]
@@ -42,10 +43,15 @@ use crate::errors;
 
 use applier::{Applier, ApplyBatch};
 use driver::Driver;
-use inbox::{Input, InputSender};
+use inbox::{try_queue, Input, InputSender};
+use load::{Load, ReadSlot};
 use proposal::{frame_proposal, Waiters};
 
 pub use inbox::{inbox, NodeGone, NodeInbox, PeerEvents};
+pub use load::{
+    LoadReport, APPLY_GAP_MAX, APPLY_QUEUE_BATCHES_MAX, INPUT_QUEUE_MAX, PEER_EVENTS_HEADROOM,
+    PENDING_PROPOSALS_MAX, PENDING_READS_MAX,
+};
 pub use ports::{
     ImageFixed, LogStorage, Outbox, PeerEvent, SnapshotJob, SnapshotSend, StateMachine,
     StorageError,
@@ -71,6 +77,10 @@ pub enum NodeError {
     /// while leadership moves.
     #[error("{}", errors::LEADER_CHANGED.text)]
     LeaderChanged,
+    /// Refused before it was queued: the member holds as much as its bounds
+    /// allow (see `load`). Never proposed; retry after a backoff.
+    #[error("{}", errors::TOO_MANY_REQUESTS.text)]
+    TooManyRequests,
     #[error("{0}")]
     Rejected(String),
 }
@@ -95,6 +105,7 @@ pub struct NodeHandle {
     applied: watch::Receiver<u64>,
     /// Results of applied entries proposed here, by request id.
     waiters: Arc<Waiters>,
+    load: Arc<Load>,
 }
 
 pub struct NodeOptions {
@@ -134,7 +145,9 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
         let (status_tx, status_rx) = watch::channel(NodeStatus::default());
         let (applied_tx, applied_rx) = watch::channel(applied);
         let waiters = Arc::new(Waiters::new());
-        let (apply_tx, apply_rx) = std::sync::mpsc::channel::<ApplyBatch>();
+        let load = Load::new(applied);
+        let (apply_tx, apply_rx) =
+            std::sync::mpsc::sync_channel::<ApplyBatch>(APPLY_QUEUE_BATCHES_MAX);
         let member_id = raft.id();
         let (running_tx, running_rx) = watch::channel(());
         let applier = Applier {
@@ -147,6 +160,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             last_snapshot_index: applied,
             applied_term: 0,
             snapshot_writer: None,
+            load: load.clone(),
         };
         let driver = Driver {
             raft,
@@ -163,6 +177,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             snapshot_catchup_entries: options.snapshot_catchup_entries,
             unreachable: Vec::new(),
             proposed: VecDeque::new(),
+            load: load.clone(),
         };
         Parts {
             driver,
@@ -174,6 +189,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
                 status: status_rx,
                 applied: applied_rx,
                 waiters,
+                load,
             },
         }
     }
@@ -211,7 +227,10 @@ impl Node {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                if tick_input.send(Input::Tick).is_err() {
+                // Waits for room: a tick late is harmless, a lost one too,
+                // but ticks must not pile up behind a stalled raft thread
+                // (the interval skips what it missed).
+                if tick_input.send(Input::Tick).await.is_err() {
                     return;
                 }
             }
@@ -239,7 +258,10 @@ impl Node {
 
     /// Stops the threads after they finish what is in flight.
     pub fn stop(mut self) {
-        let _ = self.handle.input.send(Input::Stop);
+        // The flag stops the raft thread after its current round even if
+        // the queue is too full to take the message (which only wakes it).
+        self.handle.load.stop();
+        let _ = self.handle.input.try_send(Input::Stop);
         if let Some(thread) = self.raft_thread.take() {
             let _ = thread.join();
         }
@@ -263,20 +285,30 @@ impl NodeHandle {
         self.start_proposal(payload)?.wait(deadline).await
     }
 
+    /// What this member holds now, and the most it held.
+    pub fn load(&self) -> LoadReport {
+        let (pending, most) = self.waiters.counts();
+        self.load.report(pending, most)
+    }
+
     /// Registers a waiter for `payload` and queues it for the raft thread.
     pub(crate) fn start_proposal(&self, payload: &[u8]) -> Result<PendingProposal, NodeError> {
-        let (request_id, result) = self.waiters.register();
+        self.load.admit_write()?;
+        let (request_id, result) = self.waiters.register()?;
         let pending = PendingProposal {
             request_id,
             result,
             waiters: self.waiters.clone(),
+            answered: false,
         };
-        self.input
-            .send(Input::Propose {
+        // On a refusal `pending` is dropped, which forgets its waiter.
+        try_queue(
+            &self.input,
+            Input::Propose {
                 request_id,
                 data: frame_proposal(self.member_id, request_id, payload),
-            })
-            .map_err(|_| NodeError::Stopped)?;
+            },
+        )?;
         Ok(pending)
     }
 
@@ -285,6 +317,9 @@ impl NodeHandle {
     /// commit index of that moment.
     pub async fn linearizable_read_barrier(&self, timeout: Duration) -> Result<(), NodeError> {
         let deadline = Instant::now() + timeout;
+        // Held until the read may be served: the bound counts reads waiting
+        // for their index and for the state machine to reach it.
+        let _slot = ReadSlot::take(&self.load)?;
         let index = answer_by(deadline, self.start_read()?).await?;
         self.wait_applied(index, deadline).await
     }
@@ -294,9 +329,7 @@ impl NodeHandle {
         &self,
     ) -> Result<oneshot::Receiver<Result<u64, NodeError>>, NodeError> {
         let (done_tx, done_rx) = oneshot::channel();
-        self.input
-            .send(Input::ReadIndex { done: done_tx })
-            .map_err(|_| NodeError::Stopped)?;
+        try_queue(&self.input, Input::ReadIndex { done: done_tx })?;
         Ok(done_rx)
     }
 
@@ -345,12 +378,13 @@ impl NodeHandle {
     ) -> Result<LogPosition, NodeError> {
         let deadline = Instant::now() + timeout;
         let (done_tx, done_rx) = oneshot::channel();
-        self.input
-            .send(Input::ProposeConfChange {
+        try_queue(
+            &self.input,
+            Input::ProposeConfChange {
                 change,
                 done: done_tx,
-            })
-            .map_err(|_| NodeError::Stopped)?;
+            },
+        )?;
         let position = answer_by(deadline, done_rx).await?;
         self.wait_applied(position.index, deadline).await?;
         Ok(position)
@@ -362,43 +396,57 @@ impl NodeHandle {
         timeout: Duration,
     ) -> Result<(), NodeError> {
         let (done_tx, done_rx) = oneshot::channel();
-        self.input
-            .send(Input::TransferLeadership {
+        try_queue(
+            &self.input,
+            Input::TransferLeadership {
                 target,
                 done: done_tx,
-            })
-            .map_err(|_| NodeError::Stopped)?;
+            },
+        )?;
         answer_by(Instant::now() + timeout, done_rx).await
     }
 }
 
-/// A proposal registered and queued, not yet answered.
+/// A proposal registered and queued, not yet answered. Dropped before its
+/// answer (timeout, refusal, or a client that went away), it forgets its
+/// waiter: a cancelled request must not hold a place in the bound forever.
 pub(crate) struct PendingProposal {
     request_id: RequestId,
     result: oneshot::Receiver<proposal::ProposalResult>,
     waiters: Arc<Waiters>,
+    /// Set once the answer came: the applier or driver already removed the
+    /// waiter, so dropping costs no second lock on the write path.
+    answered: bool,
 }
 
 impl PendingProposal {
-    /// The applier's answer, or `Timeout` at `deadline` (the waiter is then
-    /// forgotten; the outcome is unknown).
-    pub(crate) async fn wait(self, deadline: Instant) -> Result<Bytes, NodeError> {
-        let PendingProposal {
-            request_id,
-            result,
-            waiters,
-        } = self;
-        let outcome = answer_by(deadline, result).await;
-        if outcome.is_err() {
-            waiters.forget(request_id);
+    /// The applier's answer, or `Timeout` at `deadline` (the outcome is
+    /// then unknown).
+    pub(crate) async fn wait(mut self, deadline: Instant) -> Result<Bytes, NodeError> {
+        match tokio::time::timeout_at(deadline.into(), &mut self.result).await {
+            Ok(Ok(result)) => {
+                self.answered = true;
+                result
+            }
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
         }
-        outcome
     }
 
     /// The answer if there is one yet: for tests that drive the node by hand.
     #[cfg(test)]
     pub(crate) fn try_result(&mut self) -> Option<proposal::ProposalResult> {
-        self.result.try_recv().ok()
+        let result = self.result.try_recv().ok();
+        self.answered |= result.is_some();
+        result
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.waiters.forget(self.request_id);
+        }
     }
 }
 

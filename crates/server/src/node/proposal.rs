@@ -12,6 +12,7 @@ use bytes::Bytes;
 use raft::NodeId;
 use tokio::sync::oneshot;
 
+use super::load::PENDING_PROPOSALS_MAX;
 use super::NodeError;
 
 /// Identifies a proposal on the member that made it, so its applier can
@@ -79,20 +80,27 @@ type ResultSender = oneshot::Sender<ProposalResult>;
 /// before the proposal leaves, so the applier can never pass it unseen.
 pub(crate) struct Waiters {
     /// std Mutex: held only to insert or take, never across an await.
-    by_request: std::sync::Mutex<HashMap<RequestId, ResultSender>>,
+    waiting: std::sync::Mutex<Waiting>,
     next_request_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    by_request: HashMap<RequestId, ResultSender>,
+    /// The most waiters there ever were at once.
+    most: usize,
 }
 
 impl Waiters {
     pub(crate) fn new() -> Self {
         Waiters {
-            by_request: std::sync::Mutex::new(HashMap::new()),
+            waiting: std::sync::Mutex::new(Waiting::default()),
             next_request_id: std::sync::atomic::AtomicU64::new(run_nonce()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, ResultSender>> {
-        self.by_request
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -103,16 +111,25 @@ impl Waiters {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(crate) fn register(&self) -> (RequestId, oneshot::Receiver<ProposalResult>) {
+    /// A waiter for a new proposal, or `TooManyRequests` if
+    /// [`PENDING_PROPOSALS_MAX`] already wait.
+    pub(crate) fn register(
+        &self,
+    ) -> Result<(RequestId, oneshot::Receiver<ProposalResult>), NodeError> {
         let id = self.next_request_id();
         let (sender, receiver) = oneshot::channel();
-        self.lock().insert(id, sender);
-        (id, receiver)
+        let mut waiting = self.lock();
+        if waiting.by_request.len() >= PENDING_PROPOSALS_MAX {
+            return Err(NodeError::TooManyRequests);
+        }
+        waiting.by_request.insert(id, sender);
+        waiting.most = waiting.most.max(waiting.by_request.len());
+        Ok((id, receiver))
     }
 
     /// Answers the waiter of `id`, if it still waits.
     pub(crate) fn answer(&self, id: RequestId, result: ProposalResult) {
-        let waiter = self.lock().remove(&id);
+        let waiter = self.lock().by_request.remove(&id);
         if let Some(done) = waiter {
             let _ = done.send(result);
         }
@@ -120,17 +137,23 @@ impl Waiters {
 
     /// Forgets the waiter of `id` (its proposer gave up).
     pub(crate) fn forget(&self, id: RequestId) {
-        self.lock().remove(&id);
+        self.lock().by_request.remove(&id);
     }
 
     /// Fails the waiters of `ids` (those still waiting) with `error`.
     pub(crate) fn fail(&self, ids: impl IntoIterator<Item = RequestId>, error: &NodeError) {
         let mut waiting = self.lock();
         for id in ids {
-            if let Some(done) = waiting.remove(&id) {
+            if let Some(done) = waiting.by_request.remove(&id) {
                 let _ = done.send(Err(error.clone()));
             }
         }
+    }
+
+    /// Waiting now, and the most there ever were.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let waiting = self.lock();
+        (waiting.by_request.len(), waiting.most)
     }
 }
 

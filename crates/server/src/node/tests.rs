@@ -213,8 +213,8 @@ impl Member {
 
     fn deliver(&self, event: PeerEvent) {
         self.input
-            .send(Input::Peer(event))
-            .unwrap_or_else(|_| panic!("member {} stopped", self.id));
+            .try_send(Input::Peer(event))
+            .unwrap_or_else(|_| panic!("member {} stopped or full", self.id));
     }
 
     fn take_sent(&self) -> Sent {
@@ -321,7 +321,7 @@ impl Cluster {
     fn tick(&mut self) {
         for member in &self.members {
             if !member.stopped {
-                let _ = member.input.send(Input::Tick);
+                member.input.try_send(Input::Tick).expect("room for a tick");
             }
         }
         self.settle();
@@ -332,7 +332,7 @@ impl Cluster {
         for _ in 0..1000 {
             for member in &self.members {
                 if !member.stopped {
-                    let _ = member.input.send(Input::Tick);
+                    member.input.try_send(Input::Tick).expect("room for a tick");
                 }
             }
             self.step();
@@ -621,4 +621,72 @@ fn a_write_whose_entry_a_new_leader_replaced_answers_leader_changed() {
     let mut next = cluster.member(new_leader).propose("after the change");
     cluster.settle();
     answered_index(next.try_result());
+}
+
+/// A client that goes away (its handler future dropped) must not keep its
+/// place among the pending proposals: the bound would fill with ghosts.
+#[test]
+fn a_proposal_dropped_before_its_answer_gives_back_its_place() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let pending = cluster.member(1).propose("client went away");
+    assert_eq!(cluster.member(1).handle.load().pending_proposals, 1);
+    drop(pending);
+    assert_eq!(cluster.member(1).handle.load().pending_proposals, 0);
+    // Its entry still commits and applies; nobody is answered.
+    cluster.settle();
+    assert_eq!(cluster.member(1).state_machine.applied.len(), 1);
+}
+
+/// A follower's ReadIndex request lost on the way to the leader is never
+/// answered; once its reader left, the driver forgets it.
+#[test]
+fn a_read_nobody_waits_for_is_forgotten() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let read = cluster.member(2).handle.start_read().expect("queued");
+    cluster.member(2).pump();
+    let _lost = cluster.member(2).take_sent();
+    assert_eq!(cluster.member(2).driver.pending_reads.len(), 1);
+    cluster.member(2).input.try_send(Input::Tick).expect("room");
+    cluster.member(2).pump();
+    assert_eq!(
+        cluster.member(2).driver.pending_reads.len(),
+        1,
+        "kept while its reader waits"
+    );
+    drop(read);
+    cluster.member(2).input.try_send(Input::Tick).expect("room");
+    cluster.member(2).pump();
+    assert!(cluster.member(2).driver.pending_reads.is_empty());
+}
+
+/// When the raft thread is so far behind that its queue is full, a client's
+/// write or read is refused at once, and the write leaves no waiter behind.
+#[test]
+fn a_full_input_queue_refuses_client_requests() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let member = cluster.member(1);
+    // Fillers that change nothing (thousands of ticks would depose it).
+    let filler = || {
+        Input::Peer(PeerEvent::Refused {
+            request_ids: Vec::new(),
+        })
+    };
+    while member.input.try_send(filler()).is_ok() {}
+    assert!(matches!(
+        member.handle.start_proposal(b"no room"),
+        Err(NodeError::TooManyRequests)
+    ));
+    assert_eq!(member.handle.load().pending_proposals, 0);
+    assert!(matches!(
+        member.handle.start_read(),
+        Err(NodeError::TooManyRequests)
+    ));
+    // One round drains the queue; requests are taken again.
+    member.pump();
+    let mut accepted = member.propose("room again");
+    cluster.settle();
+    answered_index(accepted.try_result());
 }

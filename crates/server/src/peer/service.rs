@@ -24,6 +24,10 @@ use super::LocalIdentity;
 use crate::convert::message_from_wire;
 use crate::node::{PeerEvent, PeerEvents};
 
+/// Answers queued on a `Peer.Raft` stream: its acceptance, then at most an
+/// error that ends it.
+const ANSWERS_MAX: usize = 1;
+
 /// The `Peer` gRPC service of one member.
 #[derive(Clone)]
 pub struct PeerService {
@@ -71,7 +75,7 @@ impl wire::peer_server::Peer for PeerService {
         let from = self.identity.admit(first.handshake.as_ref())?;
         let expected_to = self.identity.member_id;
         let events = self.events.clone();
-        let (accepted_tx, accepted_rx) = mpsc::channel(1);
+        let (accepted_tx, accepted_rx) = mpsc::channel(ANSWERS_MAX);
         let _ = accepted_tx
             .send(Ok(wire::RaftStreamAccepted {
                 member_id: expected_to,
