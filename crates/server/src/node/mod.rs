@@ -16,8 +16,9 @@
 //! Layout: [`ports`] is the node's boundary (log storage, state machine,
 //! outbox, peer events); `driver` is the raft thread's loop, written against
 //! those traits only; `applier` is the apply thread; `proposal` frames
-//! proposals and keeps their waiters; `inbox` is the input queue. This
-//! module assembles them and is what the rest of the server sees. The node
+//! proposals and keeps their waiters; `inbox` is the input queue; `load`
+//! holds every queue's bound and decides `too many requests`. This module
+//! assembles them and is what the rest of the server sees. The node
 //! never imports the peer side: the transport implements [`Outbox`] and
 //! delivers [`PeerEvent`]s.
 
@@ -279,7 +280,9 @@ impl NodeHandle {
     /// Proposes `payload` (at the leader: a follower forwards it) and waits
     /// until its entry is applied here, returning the state machine's
     /// answer. A timeout leaves the outcome unknown: the entry may still
-    /// commit. `NoLeader` means it was never proposed.
+    /// commit. `NoLeader` and `TooManyRequests` mean it was never proposed;
+    /// `LeaderChanged`, that its entry was replaced (or leadership is
+    /// moving).
     pub async fn propose(&self, payload: &[u8], timeout: Duration) -> Result<Bytes, NodeError> {
         let deadline = Instant::now() + timeout;
         self.start_proposal(payload)?.wait(deadline).await

@@ -17,7 +17,7 @@ use super::NodeError;
 
 /// Identifies a proposal on the member that made it, so its applier can
 /// find who waits for it. Ids come from a counter started at a random
-/// 64-bit point for every run of the member ([`run_nonce`]), never from the
+/// 64-bit point for every run of the member (`run_nonce`), never from the
 /// clock: entries of an earlier run can still be in the log, and an id of
 /// this run equal to one of theirs would answer a client with another
 /// request's result. Two runs meet only if their ranges overlap: with n ids
