@@ -66,6 +66,11 @@ pub(crate) enum Class {
 /// etcd's texts for refusals that happen before a request is proposed.
 const NOT_APPLIED_TEXTS: &[&str] = &["etcdserver: no leader", "etcdserver: not capable"];
 
+/// etcd's overload refusal (ResourceExhausted): the member did not queue
+/// the request, so it was not applied; another endpoint, or the same one
+/// after a backoff, may take it.
+const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+
 /// Transport texts for a connection that could not be made: the request
 /// never left.
 const NOT_CONNECTED_TEXTS: &[&str] = &[
@@ -78,6 +83,7 @@ pub(crate) fn classify(status: &tonic::Status) -> Class {
     let message = status.message();
     match status.code() {
         Code::Unavailable if NOT_APPLIED_TEXTS.contains(&message) => Class::NotApplied,
+        Code::ResourceExhausted if message == TOO_MANY_REQUESTS => Class::NotApplied,
         Code::Unavailable
             if NOT_CONNECTED_TEXTS
                 .iter()
@@ -97,4 +103,42 @@ pub(crate) fn classify(status: &tonic::Status) -> Class {
 /// reconnected before the next use.
 pub(crate) fn is_connection_error(status: &tonic::Status) -> bool {
     status.code() == Code::Unavailable && !status.message().starts_with("etcdserver:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: Code, message: &str) -> &'static str {
+        match classify(&tonic::Status::new(code, message)) {
+            Class::Final => "final",
+            Class::NotApplied => "not applied",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    #[test]
+    fn etcds_overload_and_leader_answers_are_classified() {
+        assert_eq!(
+            class(Code::ResourceExhausted, "etcdserver: too many requests"),
+            "not applied"
+        );
+        // The space quota is not overload: retrying will not help.
+        assert_eq!(
+            class(
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded"
+            ),
+            "final"
+        );
+        // A write lost to a leader change may still have been applied.
+        assert_eq!(
+            class(Code::Unavailable, "etcdserver: leader changed"),
+            "unknown"
+        );
+        assert_eq!(
+            class(Code::Unavailable, "etcdserver: no leader"),
+            "not applied"
+        );
+    }
 }

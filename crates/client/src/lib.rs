@@ -8,8 +8,10 @@
 //! - Retries only where they are safe: reads are retried on any endpoint;
 //!   a write is retried only when the error proves it was never applied
 //!   (no connection could be made, or the server refused it before
-//!   proposing it). Otherwise the caller gets [`ClientError::Unknown`]:
-//!   the write may or may not have taken effect.
+//!   proposing it: `no leader`, or `too many requests`, which is retried
+//!   with the same backoff as a failover). Otherwise the caller gets
+//!   [`ClientError::Unknown`]: the write may or may not have taken effect
+//!   (`leader changed` and `request timed out` among them).
 //! - A typed API: [`Client::put`], [`Client::get`], [`Client::range`],
 //!   [`Client::delete`], [`Client::txn`] with the [`Txn`] builder,
 //!   [`Client::compact`], [`Client::member_list`], [`Client::status`].

@@ -11,7 +11,7 @@ use proto::internal::{internal_request, InternalRequest, MemberAttributes};
 use proto::peer::peer_server::PeerServer;
 use raft::Raft;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use wal::SnapshotFiles;
 
@@ -19,12 +19,12 @@ use tokio_stream::StreamExt as _;
 
 use crate::authority::AuthorityFix;
 use crate::config::ResolvedConfig;
-use crate::node::{raft_config, LogStorage, Node, NodeOptions};
+use crate::node::{inbox, raft_config, LogStorage, Node, NodeOptions};
+use crate::peer::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX};
 use crate::services::{
     ClusterService, KvService, LeaseService, MaintenanceService, ServiceContext, WatchService,
 };
 use crate::state::{KvStateMachine, ReplicatedState, SharedState};
-use crate::transport::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX};
 
 /// How long in-flight client requests may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -93,10 +93,11 @@ pub async fn run<L: LogStorage>(
         cluster_id: config.cluster_id,
         member_id: config.member_id,
     };
-    let (events_tx, events_rx) = mpsc::channel(4096);
+    let (peer_events, node_inbox) = inbox();
     let peer_service =
-        PeerService::new(identity, events_tx.clone()).with_snapshot_files(snapshots.clone());
-    let mut transport = Transport::new(identity, events_tx).with_snapshot_files(snapshots.clone());
+        PeerService::new(identity, peer_events.clone()).with_snapshot_files(snapshots.clone());
+    let mut transport =
+        Transport::new(identity, peer_events).with_snapshot_files(snapshots.clone());
     if let Some(address) = config.listen_peer_addrs.first() {
         transport = transport.with_local_address(address.ip());
     }
@@ -141,7 +142,7 @@ pub async fn run<L: LogStorage>(
         log,
         state_machine,
         transport.clone(),
-        events_rx,
+        node_inbox,
         NodeOptions {
             tick_interval: Duration::from_millis(config.heartbeat_interval_ms),
             request_timeout,

@@ -17,9 +17,10 @@ use proto::internal::{internal_request, internal_response, InternalRequest, Inte
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::errors;
 use crate::node::{NodeError, NodeHandle};
+use crate::peer::Transport;
 use crate::state::SharedState;
-use crate::transport::Transport;
 
 /// Everything the client services share.
 #[derive(Clone)]
@@ -44,24 +45,6 @@ pub struct ServiceContext {
     pub quota_backend_bytes: u64,
 }
 
-/// etcd's text when the space quota is used up.
-const ERR_NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
-
-/// etcd's text for a request over the size limit.
-const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
-
-fn node_status(error: NodeError) -> Status {
-    match error {
-        NodeError::NoLeader | NodeError::LeaderChanged => {
-            Status::unavailable("etcdserver: no leader")
-        }
-        NodeError::Timeout => Status::unavailable("etcdserver: request timed out"),
-        NodeError::Stopped => Status::unavailable("etcdserver: server stopped"),
-        NodeError::NotLeader { .. } => Status::unavailable("etcdserver: no leader"),
-        NodeError::Rejected(message) => Status::failed_precondition(message),
-    }
-}
-
 fn apply_error_status(error: &kv::ApplyError) -> Status {
     Status::new(Code::from_i32(error.grpc_code), error.message)
 }
@@ -78,7 +61,7 @@ impl ServiceContext {
 
     fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
         if encoded_len as u64 > self.max_request_bytes {
-            return Err(Status::invalid_argument(ERR_REQUEST_TOO_LARGE));
+            return Err(errors::REQUEST_TOO_LARGE.status());
         }
         Ok(())
     }
@@ -99,7 +82,7 @@ impl ServiceContext {
             .node
             .propose(&payload, self.request_timeout)
             .await
-            .map_err(node_status)?;
+            .map_err(Status::from)?;
         let response = InternalResponse::decode(result.as_ref())
             .map_err(|error| Status::internal(format!("undecodable apply result: {error}")))?;
         match response.response {
@@ -143,13 +126,13 @@ impl pb::kv_server::Kv for KvService {
                 .node
                 .wait_applied(commit, deadline)
                 .await
-                .map_err(node_status)?;
+                .map_err(Status::from)?;
         } else if !request.serializable {
             context
                 .node
                 .linearizable_read_barrier(context.request_timeout)
                 .await
-                .map_err(node_status)?;
+                .map_err(Status::from)?;
         }
         let state = context
             .state
@@ -269,20 +252,14 @@ macro_rules! stamped {
     )*};
 }
 
+// A transaction's own header only: the ops inside carry the revision each
+// saw and nothing else, as etcd leaves them (the store fills them).
 stamped!(
     pb::PutResponse,
     pb::DeleteRangeResponse,
+    pb::TxnResponse,
     pb::CompactionResponse
 );
-
-impl Stamped for pb::TxnResponse {
-    fn revision(&self) -> i64 {
-        self.header.as_ref().map_or(0, |header| header.revision)
-    }
-    fn stamp(&mut self, header: pb::ResponseHeader) {
-        stamp_txn(self, &header);
-    }
-}
 
 impl ServiceContext {
     /// Refuses a write that adds data once the store is at its quota, as
@@ -297,7 +274,7 @@ impl ServiceContext {
             .store
             .stored_bytes();
         if stored >= self.quota_backend_bytes {
-            return Err(Status::resource_exhausted(ERR_NO_SPACE));
+            return Err(errors::NO_SPACE.status());
         }
         Ok(())
     }
@@ -315,21 +292,6 @@ impl ServiceContext {
         let revision = answer.revision();
         answer.stamp(self.header(revision));
         Ok(Response::new(answer))
-    }
-}
-
-fn stamp_txn(response: &mut pb::TxnResponse, header: &pb::ResponseHeader) {
-    response.header = Some(*header);
-    for op in &mut response.responses {
-        match &mut op.response {
-            Some(pb::response_op::Response::ResponseRange(range)) => range.header = Some(*header),
-            Some(pb::response_op::Response::ResponsePut(put)) => put.header = Some(*header),
-            Some(pb::response_op::Response::ResponseDeleteRange(delete)) => {
-                delete.header = Some(*header)
-            }
-            Some(pb::response_op::Response::ResponseTxn(nested)) => stamp_txn(nested, header),
-            None => {}
-        }
     }
 }
 
@@ -440,17 +402,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .transfer_leadership(target, context.request_timeout)
             .await
             .map_err(|error| match error {
-                NodeError::NotLeader { .. } | NodeError::NoLeader => {
-                    Status::failed_precondition("etcdserver: not leader")
-                }
-                other => node_status(other),
+                NodeError::NotLeader { .. } | NodeError::NoLeader => errors::NOT_LEADER.status(),
+                other => Status::from(other),
             })?;
         let deadline = std::time::Instant::now() + context.request_timeout;
         context
             .node
             .wait_status(deadline, |status| status.leader == target)
             .await
-            .map_err(node_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(pb::MoveLeaderResponse {
             header: Some(context.header(0)),
         }))

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    raft_config, LogStorage, Node, NodeHandle, NodeOptions, SnapshotJob, StateMachine, StorageError,
+    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, SnapshotJob, StateMachine,
+    StorageError,
 };
-use server::transport::{LocalIdentity, PeerService, Transport};
+use server::peer::{LocalIdentity, PeerService, Transport};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Default)]
@@ -117,15 +117,15 @@ async fn start_cluster() -> Vec<TestMember> {
             cluster_id: 9,
             member_id: id,
         };
-        let (events_tx, events_rx) = mpsc::channel(4096);
-        let service = PeerServer::new(PeerService::new(identity, events_tx.clone()));
+        let (peer_events, node_inbox) = inbox();
+        let service = PeerServer::new(PeerService::new(identity, peer_events.clone()));
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
-        let transport = Transport::new(identity, events_tx);
+        let transport = Transport::new(identity, peer_events);
         for (other_position, &other) in ids.iter().enumerate() {
             transport.set_peer(other, vec![format!("http://{}", addrs[other_position])]);
         }
@@ -140,7 +140,7 @@ async fn start_cluster() -> Vec<TestMember> {
             },
             recorder.clone(),
             transport,
-            events_rx,
+            node_inbox,
             NodeOptions {
                 tick_interval: Duration::from_millis(20),
                 request_timeout: Duration::from_secs(5),
@@ -349,15 +349,15 @@ async fn a_failed_sync_stops_the_node_and_nothing_more_is_acknowledged() {
         cluster_id: 9,
         member_id: 1,
     };
-    let (events_tx, events_rx) = mpsc::channel(16);
-    let transport = Transport::new(identity, events_tx);
+    let (peer_events, node_inbox) = inbox();
+    let transport = Transport::new(identity, peer_events);
     let raft = Raft::bootstrap(raft_config(1, 20, 200, 1), &[1]).expect("bootstrap");
     let node = Node::start(
         raft,
         FailingLog { healthy: 40 },
         Recorder::default(),
         transport,
-        events_rx,
+        node_inbox,
         NodeOptions {
             tick_interval: Duration::from_millis(20),
             request_timeout: Duration::from_secs(5),

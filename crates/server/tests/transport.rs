@@ -8,18 +8,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, Message, MessageBody};
-use server::transport::{LocalIdentity, PeerService, Transport, TransportEvent};
+use server::node::{inbox, NodeInbox, PeerEvent};
+use server::peer::{LocalIdentity, PeerService, Transport};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 
-async fn serve_member(identity: LocalIdentity) -> (SocketAddr, mpsc::Receiver<TransportEvent>) {
+async fn serve_member(identity: LocalIdentity) -> (SocketAddr, NodeInbox) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
-    let (events_tx, events_rx) = mpsc::channel(1024);
-    let service = PeerServer::new(PeerService::new(identity, events_tx));
+    let (peer_events, events_rx) = inbox();
+    let service = PeerServer::new(PeerService::new(identity, peer_events));
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)
@@ -31,8 +31,8 @@ async fn serve_member(identity: LocalIdentity) -> (SocketAddr, mpsc::Receiver<Tr
 
 /// The sending side: member `member_id` of cluster `cluster_id`, with its
 /// own event channel (unreachable peers, undelivered proposals).
-fn sender(cluster_id: u64, member_id: u64) -> (Transport, mpsc::Receiver<TransportEvent>) {
-    let (events, events_rx) = mpsc::channel(1024);
+fn sender(cluster_id: u64, member_id: u64) -> (Transport, NodeInbox) {
+    let (events, events_rx) = inbox();
     let transport = Transport::new(
         LocalIdentity {
             cluster_id,
@@ -73,12 +73,12 @@ async fn messages_arrive_in_order_and_intact() {
 
     let sent: Vec<Message> = (1..=200).map(|index| append(1, 2, index)).collect();
     for chunk in sent.chunks(10) {
-        transport.send(chunk.to_vec());
+        transport.send(chunk.to_vec(), &mut Vec::new());
     }
     let mut got = Vec::new();
     while got.len() < sent.len() {
-        match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
-            Ok(Some(TransportEvent::Received(message))) => got.push(message),
+        match tokio::time::timeout(Duration::from_secs(10), received.recv_peer_event()).await {
+            Ok(Some(PeerEvent::Received(message))) => got.push(message),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => panic!("only {} of {} messages arrived", got.len(), sent.len()),
         }
@@ -98,7 +98,7 @@ async fn forwarded_proposals_and_refusals_arrive_after_earlier_messages() {
     let (transport, _sender_events_rx) = sender(7, 1);
     transport.set_peer(2, vec![format!("http://{addr}")]);
 
-    transport.send(vec![append(1, 2, 1)]);
+    transport.send(vec![append(1, 2, 1)], &mut Vec::new());
     let proposals = vec![Bytes::from_static(b"first"), Bytes::from_static(b"second")];
     assert!(transport.forward(2, proposals.clone()));
     transport.refuse(2, vec![41, 42]);
@@ -109,22 +109,22 @@ async fn forwarded_proposals_and_refusals_arrive_after_earlier_messages() {
 
     let mut events = Vec::new();
     while events.len() < 3 {
-        match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
-            Ok(Some(TransportEvent::Unreachable(_))) => {}
+        match tokio::time::timeout(Duration::from_secs(10), received.recv_peer_event()).await {
+            Ok(Some(PeerEvent::Unreachable(_))) => {}
             Ok(Some(event)) => events.push(event),
             Ok(None) | Err(_) => panic!("only {} of 3 events arrived: {events:?}", events.len()),
         }
     }
     assert!(
-        matches!(&events[0], TransportEvent::Received(message) if *message == append(1, 2, 1)),
+        matches!(&events[0], PeerEvent::Received(message) if *message == append(1, 2, 1)),
         "{events:?}"
     );
     assert!(
-        matches!(&events[1], TransportEvent::Forwarded { from: 1, proposals: got } if *got == proposals),
+        matches!(&events[1], PeerEvent::Forwarded { from: 1, proposals: got } if *got == proposals),
         "{events:?}"
     );
     assert!(
-        matches!(&events[2], TransportEvent::Refused { request_ids } if *request_ids == [41, 42]),
+        matches!(&events[2], PeerEvent::Refused { request_ids } if *request_ids == [41, 42]),
         "{events:?}"
     );
 }
@@ -138,11 +138,11 @@ async fn a_member_of_another_cluster_is_refused() {
     let (addr, mut received) = serve_member(receiver).await;
     let (stranger, mut sender_events_rx) = sender(8, 1);
     stranger.set_peer(2, vec![format!("http://{addr}")]);
-    stranger.send(vec![append(1, 2, 1)]);
+    stranger.send(vec![append(1, 2, 1)], &mut Vec::new());
 
     let unreachable = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Some(TransportEvent::Unreachable(2)) = sender_events_rx.recv().await {
+            if let Some(PeerEvent::Unreachable(2)) = sender_events_rx.recv_peer_event().await {
                 return;
             }
         }
@@ -153,7 +153,7 @@ async fn a_member_of_another_cluster_is_refused() {
         "the refused sender must learn the peer is unreachable"
     );
     assert!(
-        received.try_recv().is_err(),
+        received.try_recv_peer_event().is_none(),
         "no message of another cluster may reach Raft"
     );
 }
@@ -216,8 +216,8 @@ async fn proposals_for_an_unreachable_peer_come_back_undelivered() {
     // peer is down; it comes back either way.
     assert!(transport.forward(2, proposals.clone()));
     loop {
-        match tokio::time::timeout_at(deadline, sender_events_rx.recv()).await {
-            Ok(Some(TransportEvent::NotDelivered { proposals: back })) => {
+        match tokio::time::timeout_at(deadline, sender_events_rx.recv_peer_event()).await {
+            Ok(Some(PeerEvent::NotDelivered { proposals: back })) => {
                 assert_eq!(back, proposals);
                 break;
             }

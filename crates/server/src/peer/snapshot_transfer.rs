@@ -20,11 +20,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use wal::{SnapshotFiles, SnapshotWriter};
 
+use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::convert::message_from_wire;
-use crate::transport::{LocalIdentity, TransportEvent, PEER_MESSAGE_BYTES_MAX};
+use crate::errors;
+use crate::node::{PeerEvent, PeerEvents};
 
 /// Data bytes per chunk: well under gRPC's message limit.
 const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks read ahead of the network on the sending side.
+const CHUNKS_AHEAD_MAX: usize = 4;
 /// Bound on one transfer; a stalled receiver must not pin the sender's
 /// progress state forever (Raft retries after a failure report).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -40,7 +44,7 @@ pub async fn send_snapshot(
     metadata: SnapshotMetadata,
 ) -> Result<u64, String> {
     let path = files.path_for(&metadata);
-    let (chunks_tx, chunks_rx) = mpsc::channel::<wire::SnapshotChunk>(4);
+    let (chunks_tx, chunks_rx) = mpsc::channel::<wire::SnapshotChunk>(CHUNKS_AHEAD_MAX);
     let header = wire::SnapshotChunk {
         part: Some(wire::snapshot_chunk::Part::Header(wire::SnapshotHeader {
             handshake: Some(identity.handshake_to(peer)),
@@ -123,7 +127,7 @@ pub async fn receive_snapshot(
     header: wire::SnapshotHeader,
     mut chunks: Streaming<wire::SnapshotChunk>,
     files: SnapshotFiles,
-    events: mpsc::Sender<TransportEvent>,
+    events: PeerEvents,
 ) -> Result<wire::SnapshotAck, Status> {
     let Some(wire_message) = header.message else {
         return Err(Status::invalid_argument(
@@ -194,8 +198,8 @@ pub async fn receive_snapshot(
         "received a snapshot"
     );
     events
-        .send(TransportEvent::Received(message))
+        .deliver(PeerEvent::Received(message))
         .await
-        .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        .map_err(|_| errors::STOPPED.status())?;
     Ok(wire::SnapshotAck { size_bytes: size })
 }
