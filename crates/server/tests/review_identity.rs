@@ -1,0 +1,258 @@
+//! Adversarial review: a member restarted on its data dir with another
+//! `--initial-cluster`. The change says the flag "only gives the transport
+//! addresses" and the binary logs "bootstrap flags are ignored" on restart,
+//! but the member id and the cluster id are still derived from it on every
+//! start (nothing in the data dir records them). A respelled URL for the
+//! same address (a trailing slash) is enough to give the restarted member
+//! another identity: it starts, and it can never work again.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::etcdserverpb as pb;
+use raft::Raft;
+use server::config::{ResolvedConfig, ServerConfig};
+use server::node::raft_config;
+use server::server::{bootstrap_raft, run, Listeners, ServerError};
+use server::storage::open_member_storage_on;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wal::crash_fs::CrashFs;
+
+/// The tests here rebind freed ports; run them one at a time so that one
+/// test's `bind(":0")` cannot take the port another is about to rebind.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Member {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+    client: SocketAddr,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
+}
+
+fn url(listener: &TcpListener) -> String {
+    format!("http://{}", listener.local_addr().expect("addr"))
+}
+
+fn config(
+    name: &str,
+    client: &TcpListener,
+    peer: &TcpListener,
+    advertise_peer: &str,
+    initial_cluster: &str,
+) -> ResolvedConfig {
+    ServerConfig {
+        name: name.to_string(),
+        data_dir: Some(Path::new("/data").join(name)),
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![advertise_peer.to_string()],
+        initial_cluster: Some(initial_cluster.to_string()),
+        heartbeat_interval: 20,
+        election_timeout: 200,
+        ..ServerConfig::default()
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
+    let mut storage = open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 1 << 20)
+        .expect("open storage");
+    let raft = match storage.initial.take() {
+        Some(initial) => Raft::new(
+            raft_config(
+                config.member_id,
+                config.heartbeat_interval_ms,
+                config.election_timeout_ms,
+                config.member_id,
+            ),
+            initial,
+        )
+        .expect("restart raft"),
+        None => bootstrap_raft(&config).expect("bootstrap"),
+    };
+    let client = listeners.client[0].local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        config,
+        listeners,
+        storage.log,
+        storage.snapshots,
+        storage.restored,
+        raft,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Member { stop, task, client }
+}
+
+async fn stop(member: Member) {
+    let _ = member.stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), member.task).await;
+}
+
+/// Whether a put through `client` succeeds within `within`.
+async fn put_succeeds(client: SocketAddr, within: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    let mut last = String::from("never connected");
+    while started.elapsed() < within {
+        if let Ok(mut kv) = pb::kv_client::KvClient::connect(format!("http://{client}")).await {
+            match kv
+                .put(pb::PutRequest {
+                    key: b"probe".to_vec().into(),
+                    value: b"v".to_vec().into(),
+                    ..pb::PutRequest::default()
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(status) => last = status.message().to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+/// FINDING. A one-member cluster restarted with its own peer URL written
+/// with a trailing slash (the same address; the config parser accepts it)
+/// gets another member id. `open_member_storage_on` hands it the old
+/// member's log, hard state and vote, Raft runs under the new id in a
+/// configuration that does not contain it, and the data dir never serves a
+/// write again. Expected: the restart keeps the identity the data dir was
+/// created with (etcd reads it from the WAL), or refuses to start, naming
+/// the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
+    let _serial = serial();
+    let fs = CrashFs::new();
+    let (client, peer) = (bind().await, bind().await);
+    let peer_url = url(&peer);
+    let first = config("a", &client, &peer, &peer_url, &format!("a={peer_url}"));
+    let first_id = first.member_id;
+    let member = start(
+        first,
+        &fs,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    put_succeeds(member.client, Duration::from_secs(20))
+        .await
+        .expect("the first run serves writes");
+    stop(member).await;
+
+    let (client, peer) = (bind().await, bind().await);
+    let respelled = format!("{peer_url}/");
+    let second = config("a", &client, &peer, &respelled, &format!("a={respelled}"));
+    let second_id = second.member_id;
+    let member = start(
+        second,
+        &fs,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    let outcome = put_succeeds(member.client, Duration::from_secs(15)).await;
+    stop(member).await;
+    assert!(
+        outcome.is_ok(),
+        "restarted on its data dir with the same address spelled {respelled:?}, the member runs \
+         as {second_id:x} instead of {first_id:x} (the id its log and configuration know) and \
+         serves no write: {outcome:?}"
+    );
+}
+
+/// FINDING. Members a and b; a is restarted with b's peer URL respelled
+/// (trailing slash, same address). The cluster id and b's id are recomputed
+/// from the flag, so a and b refuse each other's handshakes from then on
+/// and the two-member cluster has no quorum. Expected: the restart ignores
+/// the bootstrap flag's ids (or refuses to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_restart_with_another_spelling_of_a_peer_keeps_the_cluster_id() {
+    two_members_restart_a(true).await;
+}
+
+/// Control for the test above: the same restart with the flag unchanged
+/// serves writes (so the harness, rebinding a's peer port, is not at fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_control_a_restart_with_the_same_initial_cluster_serves_writes() {
+    two_members_restart_a(false).await;
+}
+
+async fn two_members_restart_a(respell_b: bool) {
+    let _serial = serial();
+    let fs_a = CrashFs::new();
+    let fs_b = CrashFs::new();
+    let (client_a, peer_a, client_b, peer_b) = (bind().await, bind().await, bind().await, bind().await);
+    let (url_a, url_b) = (url(&peer_a), url(&peer_b));
+    let cluster = format!("a={url_a},b={url_b}");
+    let config_a = config("a", &client_a, &peer_a, &url_a, &cluster);
+    let config_b = config("b", &client_b, &peer_b, &url_b, &cluster);
+    let cluster_id = config_a.cluster_id;
+    let member_a = start(
+        config_a,
+        &fs_a,
+        Listeners {
+            client: vec![client_a],
+            peer: vec![peer_a],
+        },
+    );
+    let member_b = start(
+        config_b,
+        &fs_b,
+        Listeners {
+            client: vec![client_b],
+            peer: vec![peer_b],
+        },
+    );
+    put_succeeds(member_a.client, Duration::from_secs(20))
+        .await
+        .expect("the cluster serves writes");
+    stop(member_a).await;
+
+    // a comes back on its old peer address (b dials it there).
+    let client_a = bind().await;
+    let peer_a = TcpListener::bind(url_a.trim_start_matches("http://"))
+        .await
+        .expect("rebind a's peer address");
+    let respelled = if respell_b {
+        format!("a={url_a},b={url_b}/")
+    } else {
+        cluster.clone()
+    };
+    let second = config("a", &client_a, &peer_a, &url_a, &respelled);
+    let second_cluster_id = second.cluster_id;
+    let member_a = start(
+        second,
+        &fs_a,
+        Listeners {
+            client: vec![client_a],
+            peer: vec![peer_a],
+        },
+    );
+    let outcome = put_succeeds(member_a.client, Duration::from_secs(15)).await;
+    stop(member_a).await;
+    stop(member_b).await;
+    assert!(
+        outcome.is_ok(),
+        "a restarted with b's address spelled {url_b}/ computes cluster id \
+         {second_cluster_id:x} instead of {cluster_id:x}; a and b no longer talk: {outcome:?}"
+    );
+}
