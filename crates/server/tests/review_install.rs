@@ -1,0 +1,403 @@
+//! Adversarial review: a follower catching up by snapshot from the leader
+//! (received file, Raft, `Installed` marker, apply-thread install, removal
+//! of older files) while writes go on, so its own snapshot jobs run at the
+//! same time; its disk loses power at a random moment of that; it restarts
+//! on what survived. It must start, converge to the leader's data, and
+//! list the same members, in the same order, as every other member.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::etcdserverpb as pb;
+use raft::Raft;
+use server::config::{ResolvedConfig, ServerConfig};
+use server::node::raft_config;
+use server::server::{bootstrap_raft, run, Listeners, ServerError};
+use server::storage::open_member_storage_on;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wal::crash_fs::CrashFs;
+
+const DEADLINE: Duration = Duration::from_secs(40);
+
+struct Member {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+    client: SocketAddr,
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+fn config(
+    name: &str,
+    client: SocketAddr,
+    peer: SocketAddr,
+    advertised_peer: SocketAddr,
+    cluster: &str,
+) -> ResolvedConfig {
+    ServerConfig {
+        name: name.to_string(),
+        data_dir: Some(Path::new("/data").join(name)),
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![url(advertised_peer)],
+        initial_cluster: Some(cluster.to_string()),
+        heartbeat_interval: 20,
+        election_timeout: 200,
+        snapshot_count: 4,
+        snapshot_catchup_entries: 2,
+        ..ServerConfig::default()
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+async fn listen(addr: SocketAddr) -> TcpListener {
+    let started = Instant::now();
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(error) => {
+                assert!(started.elapsed() < DEADLINE, "rebind {addr}: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn start(config: ResolvedConfig, fs: &CrashFs) -> Member {
+    let mut storage =
+        match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 2048) {
+            Ok(storage) => storage,
+            Err(error) => panic!("{} refused to restart: {error}", config.name),
+        };
+    let raft = match storage.initial.take() {
+        Some(initial) => Raft::new(
+            raft_config(
+                config.member_id,
+                config.heartbeat_interval_ms,
+                config.election_timeout_ms,
+                config.member_id,
+            ),
+            initial,
+        )
+        .expect("restart raft"),
+        None => bootstrap_raft(&config).expect("bootstrap"),
+    };
+    let listeners = Listeners {
+        client: vec![listen(config.listen_client_addrs[0]).await],
+        peer: vec![listen(config.listen_peer_addrs[0]).await],
+    };
+    let client = config.listen_client_addrs[0];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        config,
+        listeners,
+        storage.log,
+        storage.snapshots,
+        storage.restored,
+        raft,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Member { stop, task, client }
+}
+
+async fn stop(member: Member) -> Option<Result<(), ServerError>> {
+    let _ = member.stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), member.task)
+        .await
+        .ok()
+        .map(|joined| joined.expect("member task"))
+}
+
+async fn put(client: SocketAddr, key: &str, value: &str) -> bool {
+    let Ok(mut kv) = pb::kv_client::KvClient::connect(url(client)).await else {
+        return false;
+    };
+    kv.put(pb::PutRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        ..pb::PutRequest::default()
+    })
+    .await
+    .is_ok()
+}
+
+/// Retries a put until it is acknowledged.
+async fn put_acked(client: SocketAddr, key: &str, value: &str) {
+    let started = Instant::now();
+    while !put(client, key, value).await {
+        assert!(started.elapsed() < DEADLINE, "write {key} never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn keys(client: SocketAddr, serializable: bool) -> Option<BTreeMap<String, String>> {
+    let mut kv = pb::kv_client::KvClient::connect(url(client)).await.ok()?;
+    let response = kv
+        .range(pb::RangeRequest {
+            key: b"k/".to_vec().into(),
+            range_end: b"k0".to_vec().into(),
+            serializable,
+            ..pb::RangeRequest::default()
+        })
+        .await
+        .ok()?;
+    Some(
+        response
+            .into_inner()
+            .kvs
+            .into_iter()
+            .map(|pair| {
+                (
+                    String::from_utf8_lossy(&pair.key).into_owned(),
+                    String::from_utf8_lossy(&pair.value).into_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+type Listed = Vec<(u64, String, Vec<String>, Vec<String>)>;
+
+/// The list as the member returns it (order included).
+async fn member_list(client: SocketAddr) -> Option<Listed> {
+    let mut cluster = pb::cluster_client::ClusterClient::connect(url(client))
+        .await
+        .ok()?;
+    let members = cluster
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .ok()?
+        .into_inner()
+        .members;
+    Some(
+        members
+            .into_iter()
+            .map(|member| {
+                (
+                    member.id,
+                    member.name,
+                    member.peer_ur_ls,
+                    member.client_ur_ls,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A TCP forwarder standing for a member's peer address, so that a test can
+/// cut every connection to a member the way its death would (an in-process
+/// "crash" leaves the dead member's accepted peer connections served by
+/// their own tasks, which outlive `run`).
+struct Proxy {
+    connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn spawn(listen: SocketAddr, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(listen).await.expect("bind proxy");
+        let connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let tracked = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().expect("connections").push(connection);
+            }
+        });
+        Proxy {
+            connections,
+            accept,
+        }
+    }
+
+    /// Closes every connection through the proxy (new ones are accepted).
+    fn cut(&self) {
+        for connection in self.connections.lock().expect("connections").drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+async fn one_run(seed: u64) {
+    let mut addrs = Vec::new();
+    for _ in 0..7 {
+        addrs.push(free_addr().await);
+    }
+    // c's peers reach it through a proxy (addrs[6]) that the test cuts when
+    // c dies.
+    let advertised = [addrs[1], addrs[3], addrs[6]];
+    let proxy_c = Proxy::spawn(addrs[6], addrs[5]).await;
+    let names = ["a", "b", "c"];
+    let cluster = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{name}={}", url(advertised[i])))
+        .collect::<Vec<_>>()
+        .join(",");
+    let configs: Vec<ResolvedConfig> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .collect();
+    let fs: Vec<CrashFs> = (0..3).map(|_| CrashFs::new()).collect();
+    let a = start(configs[0].clone(), &fs[0]).await;
+    let b = start(configs[1].clone(), &fs[1]).await;
+    let c = start(configs[2].clone(), &fs[2]).await;
+    let started = Instant::now();
+    while !put(a.client, "k/start", "1").await {
+        assert!(started.elapsed() < DEADLINE, "seed {seed}: no first write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // c falls behind the leader's log.
+    stop(c).await;
+    proxy_c.cut();
+    let mut round = 0u64;
+    let mut write = |count: u64| {
+        let start = round;
+        round += count;
+        start..round
+    };
+    for i in write(40) {
+        put_acked(a.client, &format!("k/{i:05}"), &format!("{seed}-{i}")).await;
+    }
+    // c comes back and catches up by snapshot while writes go on; its disk
+    // loses power somewhere in that.
+    let c = start(configs[2].clone(), &fs[2]).await;
+    let writer_client = a.client;
+    let range = write(40);
+    let writer = tokio::spawn(async move {
+        for i in range {
+            let _ = put(writer_client, &format!("k/{i:05}"), &format!("{seed}-{i}")).await;
+        }
+    });
+    // Cut the power when c's snapshot directory shows a writer at work
+    // (mode 0), a finished file newer than the ones c had (mode 1), or
+    // after a short wait (mode 2).
+    let snap_dir = server::storage::snapshot_dir(&configs[2].data_dir);
+    let listed = |fs: &CrashFs| {
+        use wal::fs::FileSystem as _;
+        fs.list_dir(&snap_dir).unwrap_or_default()
+    };
+    let before: Vec<String> = listed(&fs[2]);
+    let mode = seed % 3;
+    let wait_started = Instant::now();
+    loop {
+        let names = listed(&fs[2]);
+        let hit = match mode {
+            0 => names.iter().any(|name| name.ends_with(".tmp")),
+            1 => names
+                .iter()
+                .any(|name| name.ends_with(".snap") && !before.contains(name)),
+            _ => wait_started.elapsed() >= Duration::from_millis((seed * 7) % 40),
+        };
+        if hit || wait_started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let wait = wait_started.elapsed();
+    let crashed = fs[2].crash(Some(seed));
+    proxy_c.cut();
+    stop(c).await;
+    proxy_c.cut();
+    let _ = writer.await;
+    let c = start(configs[2].clone(), &crashed).await;
+    for i in write(10) {
+        put_acked(a.client, &format!("k/{i:05}"), &format!("{seed}-{i}")).await;
+    }
+
+    // Converge: c's own data equals the leader's, and all three list the
+    // same registry in the same order.
+    let started = Instant::now();
+    loop {
+        let leader = keys(a.client, false).await;
+        let on_c = keys(c.client, true).await;
+        let lists = [
+            member_list(a.client).await,
+            member_list(b.client).await,
+            member_list(c.client).await,
+        ];
+        let same_data = leader.is_some() && leader == on_c;
+        let same_lists = lists[0].is_some()
+            && lists.iter().all(|list| *list == lists[0])
+            && lists[0].as_ref().is_some_and(|list| {
+                list.len() == 3 && list.iter().all(|member| !member.1.is_empty())
+            });
+        if same_data && same_lists {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            let missing = match (&leader, &on_c) {
+                (Some(leader), Some(on_c)) => leader
+                    .iter()
+                    .filter(|(key, value)| on_c.get(*key) != Some(value))
+                    .map(|(key, _)| key.clone())
+                    .take(5)
+                    .collect::<Vec<_>>(),
+                _ => Vec::new(),
+            };
+            panic!(
+                "seed {seed} (crash after {wait:?}): c never converged: data equal {same_data} \
+                 (leader {} keys, c {} keys, missing on c e.g. {missing:?}); lists equal \
+                 {same_lists}: {lists:?}",
+                leader.as_ref().map_or(0, BTreeMap::len),
+                on_c.as_ref().map_or(0, BTreeMap::len),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped_c = stop(c).await;
+    stop(a).await;
+    stop(b).await;
+    assert!(
+        matches!(stopped_c, Some(Ok(()))),
+        "seed {seed}: c did not stop cleanly: {stopped_c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_a_follower_crashed_while_catching_up_by_snapshot_restarts_and_converges() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let runs: u64 = std::env::var("REVIEW_INSTALL_RUNS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(6);
+    for seed in 1..=runs {
+        one_run(seed).await;
+    }
+}
