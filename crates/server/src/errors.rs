@@ -49,6 +49,12 @@ pub const TIMEOUT: EtcdError = EtcdError {
     code: Code::Unavailable,
     text: "etcdserver: request timed out",
 };
+/// A write's entry went into a snapshot this member received from a new
+/// leader: whether it applied is unknown here.
+pub const TIMEOUT_DUE_TO_LEADER_FAIL: EtcdError = EtcdError {
+    code: Code::Unavailable,
+    text: "etcdserver: request timed out, possibly due to previous leader failure",
+};
 /// Refused before queueing because the member is overloaded (etcd: applied
 /// index more than 5,000 behind the commit index). Nothing was proposed.
 pub const TOO_MANY_REQUESTS: EtcdError = EtcdError {
@@ -72,6 +78,7 @@ impl From<NodeError> for Status {
             NodeError::NotLeader { .. } => NOT_LEADER.status(),
             NodeError::LeaderChanged => LEADER_CHANGED.status(),
             NodeError::Timeout => TIMEOUT.status(),
+            NodeError::LeaderFailed => TIMEOUT_DUE_TO_LEADER_FAIL.status(),
             NodeError::Stopped => STOPPED.status(),
             NodeError::TooManyRequests => TOO_MANY_REQUESTS.status(),
             NodeError::Rejected(message) => Status::failed_precondition(message),

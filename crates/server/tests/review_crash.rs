@@ -61,8 +61,7 @@ fn config(client: &TcpListener, peer: &TcpListener, peer_url: &str) -> ResolvedC
 
 fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
     // Small segments: purges happen all the time.
-    let mut storage = match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 2048)
-    {
+    let mut storage = match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 2048) {
         Ok(storage) => storage,
         Err(error) => panic!("the member refused to restart after a crash: {error}"),
     };

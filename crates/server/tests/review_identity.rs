@@ -27,7 +27,9 @@ use wal::crash_fs::CrashFs;
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct Member {
@@ -200,7 +202,8 @@ async fn two_members_restart_a(respell_b: bool) {
     let _serial = serial();
     let fs_a = CrashFs::new();
     let fs_b = CrashFs::new();
-    let (client_a, peer_a, client_b, peer_b) = (bind().await, bind().await, bind().await, bind().await);
+    let (client_a, peer_a, client_b, peer_b) =
+        (bind().await, bind().await, bind().await, bind().await);
     let (url_a, url_b) = (url(&peer_a), url(&peer_b));
     let cluster = format!("a={url_a},b={url_b}");
     let config_a = config("a", &client_a, &peer_a, &url_a, &cluster);

@@ -72,11 +72,10 @@ async fn listen(addr: SocketAddr) -> TcpListener {
 }
 
 async fn start(config: ResolvedConfig, fs: &CrashFs) -> Member {
-    let mut storage =
-        match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 2048) {
-            Ok(storage) => storage,
-            Err(error) => panic!("{} refused to restart: {error}", config.name),
-        };
+    let mut storage = match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 2048) {
+        Ok(storage) => storage,
+        Err(error) => panic!("{} refused to restart: {error}", config.name),
+    };
     let raft = match storage.initial.take() {
         Some(initial) => Raft::new(
             raft_config(
@@ -135,7 +134,10 @@ async fn put(client: SocketAddr, key: &str, value: &str) -> bool {
 async fn put_acked(client: SocketAddr, key: &str, value: &str) {
     let started = Instant::now();
     while !put(client, key, value).await {
-        assert!(started.elapsed() < DEADLINE, "write {key} never acknowledged");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "write {key} never acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -214,8 +216,7 @@ impl Proxy {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
-                        let _ =
-                            tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
                 tracked.lock().expect("connections").push(connection);
@@ -269,7 +270,15 @@ async fn one_run(seed: u64) {
     let configs: Vec<ResolvedConfig> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .map(|(i, name)| {
+            config(
+                name,
+                addrs[2 * i],
+                addrs[2 * i + 1],
+                advertised[i],
+                &cluster,
+            )
+        })
         .collect();
     let fs: Vec<CrashFs> = (0..3).map(|_| CrashFs::new()).collect();
     let a = start(configs[0].clone(), &fs[0]).await;

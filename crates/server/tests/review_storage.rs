@@ -193,7 +193,10 @@ fn held_recording_a_received_snapshot_at_open_keeps_the_vote_of_the_current_term
     let storage = open_ok(&fs);
     let initial = initial_of(&storage);
     assert_eq!(initial.hard_state.term, 5);
-    assert_eq!(initial.hard_state.vote, 7, "the vote of term 5 must survive");
+    assert_eq!(
+        initial.hard_state.vote, 7,
+        "the vote of term 5 must survive"
+    );
     let fs = crash(storage, &fs);
     let storage = open_ok(&fs);
     assert_eq!(initial_of(&storage).hard_state.vote, 7, "durably");
@@ -226,7 +229,11 @@ fn held_a_crash_at_each_step_of_recording_a_snapshot_restarts_cleanly() {
         for index in 1..=30u64 {
             storage
                 .log
-                .persist(Some(hard_state(2, 1, index)), &entries(index..=index, 2), None)
+                .persist(
+                    Some(hard_state(2, 1, index)),
+                    &entries(index..=index, 2),
+                    None,
+                )
                 .expect("persist");
         }
         save_snapshot(&storage.snapshots, 10, 2);

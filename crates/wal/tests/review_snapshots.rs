@@ -45,10 +45,7 @@ fn held_every_truncation_and_flip_is_an_error_naming_the_file() {
             }
             Ok(Err(error)) => {
                 let text = error.to_string();
-                assert!(
-                    text.contains(&path.display().to_string()),
-                    "{what}: {text}"
-                );
+                assert!(text.contains(&path.display().to_string()), "{what}: {text}");
             }
         }
     };
@@ -78,9 +75,7 @@ fn held_a_file_whose_name_lies_is_an_error_naming_it() {
         let path = write(&files, &metadata(written.0, written.1), b"state");
         let wrong = files.path_for(&metadata(named.0, named.1));
         fs.rename(&path, &wrong).expect("rename");
-        let error = files
-            .latest()
-            .expect_err("a lying name must be refused");
+        let error = files.latest().expect_err("a lying name must be refused");
         assert!(
             error.to_string().contains(&wrong.display().to_string()),
             "{error}"
@@ -106,7 +101,10 @@ fn held_remove_older_than_spares_the_kept_index_newer_files_and_strangers() {
     stranger.sync_data().expect("sync");
     let mut pending = files.create(&metadata(1, 1)).expect("a writer at work");
     pending.write(b"old").expect("write");
-    assert_eq!(files.remove_older_than(&metadata(10, 2)).expect("remove"), 1);
+    assert_eq!(
+        files.remove_older_than(&metadata(10, 2)).expect("remove"),
+        1
+    );
     assert_eq!(files.remove_older_than(&metadata(10, 2)).expect("again"), 0);
     let mut names = fs.list_dir(dir).expect("list");
     names.sort();

@@ -14,12 +14,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft::{Message, MessageBody, NodeId, Raft, RaftError, Ready, Role, SnapshotMetadata};
+use raft::{
+    LogPosition, Message, MessageBody, NodeId, Raft, RaftError, Ready, Role, SnapshotMetadata,
+};
 use tokio::sync::{oneshot, watch};
 
 use super::applier::ApplyBatch;
 use super::inbox::{Input, InputReceiver};
-use super::load::{Load, INPUT_QUEUE_MAX};
+use super::load::{Load, INPUT_QUEUE_MAX, UNCOMMITTED_ENTRIES_MAX};
 use super::ports::{LogStorage, Outbox, PeerEvent, SnapshotSend, StorageError};
 use super::proposal::{unframe_proposal, RequestId, Waiters};
 use super::{NodeError, NodeStatus};
@@ -60,8 +62,15 @@ pub(crate) struct Driver<L: LogStorage, O: Outbox> {
     /// yet handed out for apply, oldest first. Bounded by
     /// `TRACKED_BATCHES_MAX`.
     pub(crate) proposed: VecDeque<ProposedBatch>,
+    /// Membership changes appended as leader, answered once their index is
+    /// handed out for apply: applied if the entry there is still theirs
+    /// (same term), else lost like a write (`resolve_proposed`). Raft takes
+    /// one change at a time, so this holds at most a few.
+    pub(crate) proposed_conf_changes: Vec<(LogPosition, ConfChangeSender)>,
     pub(crate) load: Arc<Load>,
 }
+
+pub(crate) type ConfChangeSender = oneshot::Sender<Result<LogPosition, NodeError>>;
 
 /// Local writes appended, as leader, in one round. Each took effect iff the
 /// entry committed at its index has `term` (Raft's `LogPosition` rule): a
@@ -129,6 +138,9 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
     /// Takes one input into the round (or acts on it at once).
     fn take(&mut self, item: Input, round: &mut Round) -> Flow {
         round.inputs += 1;
+        if item.is_client_input() {
+            self.load.client_input_taken();
+        }
         match item {
             Input::Tick => {
                 self.raft.tick();
@@ -155,7 +167,12 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             }
             Input::ReadIndex { done } => round.reads.push(done),
             Input::ProposeConfChange { change, done } => {
-                let _ = done.send(self.raft.propose_conf_change(change).map_err(node_error));
+                match self.raft.propose_conf_change(change) {
+                    Ok(position) => self.proposed_conf_changes.push((position, done)),
+                    Err(error) => {
+                        let _ = done.send(Err(node_error(error)));
+                    }
+                }
             }
             Input::TransferLeadership { target, done } => {
                 let _ = done.send(self.raft.transfer_leadership(target).map_err(node_error));
@@ -230,6 +247,16 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
         }
         // This member's writes first: they take the batch's first indexes.
         let total = (local.len() + forwarded.len()) as u64;
+        let uncommitted = self.raft.last_index() - self.raft.commit_index();
+        if total > 0 && uncommitted + total > UNCOMMITTED_ENTRIES_MAX {
+            // Never appended: the clients may retry (forwarded writes are
+            // refused back to their origin, which answers `no leader`).
+            self.waiters.fail(local_ids, &NodeError::TooManyRequests);
+            for (origin, ids) in forwarded_ids {
+                self.outbox.refuse(origin, ids);
+            }
+            return;
+        }
         let mut data = local;
         data.extend(forwarded);
         if data.is_empty() {
@@ -268,16 +295,19 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
     fn resolve_proposed(&mut self, handed_out: u64) {
         let raft = &self.raft;
         let mut lost = Vec::new();
+        let mut unknown = Vec::new();
         self.proposed.retain(|batch| {
             let last = batch.first_index + batch.ids.len() as u64 - 1;
             if last > handed_out {
                 return true;
             }
             for (index, &id) in (batch.first_index..).zip(&batch.ids) {
-                // `None`: a snapshot from the leader covered it. Its effect,
-                // if any, is in the snapshot, never reported by the applier:
-                // outcome unknown, which `leader changed` also says.
-                if raft.log_term(index) != Some(batch.term) {
+                if index < raft.first_index() {
+                    // A snapshot from the leader covered it: its effect, if
+                    // it had one, is in the snapshot, and the applier never
+                    // sees the entry. Outcome unknown, not lost.
+                    unknown.push(id);
+                } else if raft.log_term(index) != Some(batch.term) {
                     lost.push(id);
                 }
             }
@@ -289,6 +319,23 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
                 "writes lost to a change of leader (their entries were replaced)"
             );
             self.waiters.fail(lost, &NodeError::LeaderChanged);
+        }
+        if !unknown.is_empty() {
+            self.waiters.fail(unknown, &NodeError::LeaderFailed);
+        }
+        let (resolved, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.proposed_conf_changes)
+            .into_iter()
+            .partition(|(position, _)| position.index <= handed_out);
+        self.proposed_conf_changes = waiting;
+        for (position, done) in resolved {
+            let outcome = if position.index < self.raft.first_index() {
+                Err(NodeError::LeaderFailed)
+            } else if self.raft.log_term(position.index) == Some(position.term) {
+                Ok(position)
+            } else {
+                Err(NodeError::LeaderChanged)
+            };
+            let _ = done.send(outcome);
         }
     }
 
@@ -350,7 +397,7 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             if self.apply.send(batch).is_err() {
                 return Err(StorageError("the apply thread stopped".to_string()));
             }
-            if !self.proposed.is_empty() {
+            if !self.proposed.is_empty() || !self.proposed_conf_changes.is_empty() {
                 self.resolve_proposed(self.raft.applied_index());
             }
         }

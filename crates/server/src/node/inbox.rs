@@ -15,7 +15,7 @@ use bytes::Bytes;
 use raft::{ConfChange, LogPosition, NodeId, SnapshotMetadata};
 use tokio::sync::{mpsc, oneshot};
 
-use super::load::INPUT_QUEUE_MAX;
+use super::load::{Load, INPUT_QUEUE_MAX};
 use super::ports::PeerEvent;
 use super::{NodeError, RequestId};
 
@@ -48,13 +48,33 @@ pub(crate) enum Input {
 pub(crate) type InputSender = mpsc::Sender<Input>;
 pub(crate) type InputReceiver = mpsc::Receiver<Input>;
 
-/// Queues a client's input (a handle's request), or refuses it when the
-/// queue is full: the raft thread is that far behind.
-pub(crate) fn try_queue(input: &InputSender, item: Input) -> Result<(), NodeError> {
-    input.try_send(item).map_err(|error| match error {
-        mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
-        mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+/// Queues a client's input (a handle's request), or refuses it when
+/// [`CLIENT_INPUTS_MAX`](super::load::CLIENT_INPUTS_MAX) client inputs are
+/// queued (the raft thread is that far behind) or the queue is full.
+pub(crate) fn try_queue(load: &Load, input: &InputSender, item: Input) -> Result<(), NodeError> {
+    debug_assert!(item.is_client_input(), "only client inputs are refused");
+    load.admit_client_input()?;
+    input.try_send(item).map_err(|error| {
+        load.client_input_taken();
+        match error {
+            mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
+            mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+        }
     })
+}
+
+impl Input {
+    /// Whether a client's request queued this (and holds a place counted
+    /// by `Load::admit_client_input`).
+    pub(crate) fn is_client_input(&self) -> bool {
+        matches!(
+            self,
+            Input::Propose { .. }
+                | Input::ProposeConfChange { .. }
+                | Input::ReadIndex { .. }
+                | Input::TransferLeadership { .. }
+        )
+    }
 }
 
 /// The node stopped: nothing more can be delivered to it.

@@ -7,7 +7,9 @@
 //! |---|---|---|
 //! | proposals waiting for their entry (waiters) | [`PENDING_PROPOSALS_MAX`] | the write is refused |
 //! | linearizable reads in flight | [`PENDING_READS_MAX`] | the read is refused |
-//! | the raft thread's input queue | [`INPUT_QUEUE_MAX`] | a client input is refused; peer events, ticks and snapshot reports wait for room |
+//! | client inputs in the raft thread's input queue | [`CLIENT_INPUTS_MAX`] | the request is refused |
+//! | the raft thread's input queue | [`INPUT_QUEUE_MAX`] | peer events, ticks and snapshot reports wait for room |
+//! | a leader's entries appended but not committed | [`UNCOMMITTED_ENTRIES_MAX`] | the round's writes are refused (forwarded ones back to their origin) |
 //! | committed entries not yet applied | [`APPLY_GAP_MAX`] (etcd's 5,000) | writes are refused until the applier catches up |
 //! | batches handed to the applier | [`APPLY_QUEUE_BATCHES_MAX`] | the raft thread waits (the member slows down rather than buffer) |
 //!
@@ -43,10 +45,21 @@ pub const PENDING_READS_MAX: usize = 10_000;
 /// down under HTTP/2 flow control) and are never refused.
 pub const PEER_EVENTS_HEADROOM: usize = 1_024;
 
-/// The raft thread's input queue: every client input admitted by the bounds
-/// above fits, so a client sees a full queue only if peer traffic also
-/// filled the headroom.
-pub const INPUT_QUEUE_MAX: usize = PENDING_PROPOSALS_MAX + PENDING_READS_MAX + PEER_EVENTS_HEADROOM;
+/// Client inputs (proposals, reads, conf changes, leadership transfers)
+/// queued for the raft thread at once. Counted from queueing until the raft
+/// thread takes them, whatever their clients do meanwhile: a client that
+/// gives up gives back its waiter, not its place in the queue.
+pub const CLIENT_INPUTS_MAX: usize = PENDING_PROPOSALS_MAX + PENDING_READS_MAX;
+
+/// The raft thread's input queue: client inputs never take the headroom.
+pub const INPUT_QUEUE_MAX: usize = CLIENT_INPUTS_MAX + PEER_EVENTS_HEADROOM;
+
+/// Entries a leader holds appended but not yet committed (its own writes
+/// and those forwarded to it). Past this, a round's writes are refused
+/// rather than appended: followers that do not keep up, or clients that
+/// give up and send more, must not grow the log without bound. (Bytes are
+/// bounded through it: each entry is at most the request size limit.)
+pub const UNCOMMITTED_ENTRIES_MAX: u64 = PENDING_PROPOSALS_MAX as u64;
 
 /// Batches of committed entries the raft thread may hand the applier ahead
 /// of it; past this the raft thread waits for the applier (what `etcd`'s
@@ -63,6 +76,8 @@ pub(crate) struct Load {
     applied: AtomicU64,
     /// Linearizable reads in flight (held by [`ReadSlot`]s).
     reads: AtomicUsize,
+    /// Client inputs in the raft thread's queue.
+    client_inputs: AtomicUsize,
     /// Set by `Node::stop`: the raft thread ends after its current round.
     stopping: std::sync::atomic::AtomicBool,
     /// High-water marks, for tests and operators.
@@ -121,6 +136,23 @@ impl Load {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place for a client input about to be queued, or refuses it
+    /// when [`CLIENT_INPUTS_MAX`] are queued; the raft thread gives it back
+    /// ([`Load::client_input_taken`]) when it takes the input.
+    pub(crate) fn admit_client_input(&self) -> Result<(), NodeError> {
+        let queued = self.client_inputs.fetch_add(1, Ordering::Relaxed) + 1;
+        if queued > CLIENT_INPUTS_MAX {
+            self.client_inputs.fetch_sub(1, Ordering::Relaxed);
+            return Err(NodeError::TooManyRequests);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn client_input_taken(&self) {
+        let before = self.client_inputs.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "a client input taken that was never admitted");
     }
 
     /// Whether a write may be queued now: not while the state machine

@@ -80,6 +80,10 @@ pub enum NodeError {
     /// while leadership moves.
     #[error("{}", errors::LEADER_CHANGED.text)]
     LeaderChanged,
+    /// A write of this member whose entry a snapshot from a new leader
+    /// covered: it may or may not have applied (outcome unknown).
+    #[error("{}", errors::TIMEOUT_DUE_TO_LEADER_FAIL.text)]
+    LeaderFailed,
     /// Refused before it was queued: the member holds as much as its bounds
     /// allow (see `load`). Never proposed; retry after a backoff.
     #[error("{}", errors::TOO_MANY_REQUESTS.text)]
@@ -180,6 +184,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             snapshot_catchup_entries: options.snapshot_catchup_entries,
             unreachable: Vec::new(),
             proposed: VecDeque::new(),
+            proposed_conf_changes: Vec::new(),
             load: load.clone(),
         };
         Parts {
@@ -308,6 +313,7 @@ impl NodeHandle {
         };
         // On a refusal `pending` is dropped, which forgets its waiter.
         try_queue(
+            &self.load,
             &self.input,
             Input::Propose {
                 request_id,
@@ -334,7 +340,7 @@ impl NodeHandle {
         &self,
     ) -> Result<oneshot::Receiver<Result<u64, NodeError>>, NodeError> {
         let (done_tx, done_rx) = oneshot::channel();
-        try_queue(&self.input, Input::ReadIndex { done: done_tx })?;
+        try_queue(&self.load, &self.input, Input::ReadIndex { done: done_tx })?;
         Ok(done_rx)
     }
 
@@ -384,6 +390,7 @@ impl NodeHandle {
         let deadline = Instant::now() + timeout;
         let (done_tx, done_rx) = oneshot::channel();
         try_queue(
+            &self.load,
             &self.input,
             Input::ProposeConfChange {
                 change,
@@ -402,6 +409,7 @@ impl NodeHandle {
     ) -> Result<(), NodeError> {
         let (done_tx, done_rx) = oneshot::channel();
         try_queue(
+            &self.load,
             &self.input,
             Input::TransferLeadership {
                 target,
