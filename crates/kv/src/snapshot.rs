@@ -13,7 +13,7 @@
 //! container's job (the snapshot file); this module only refuses what
 //! cannot be a store.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use bytes::Bytes;
 
@@ -82,9 +82,11 @@ impl Store {
         out.flush()
     }
 
-    /// Reads a store written by [`Store::write_snapshot`].
-    pub fn read_snapshot(input: &mut impl Read) -> Result<Store, SnapshotDecodeError> {
-        let mut input = Decoder(io::BufReader::with_capacity(256 * 1024, input));
+    /// Reads a store written by [`Store::write_snapshot`], consuming exactly
+    /// its bytes: the caller buffers (a buffer of our own would read past
+    /// the end and hide what follows).
+    pub fn read_snapshot(input: &mut impl BufRead) -> Result<Store, SnapshotDecodeError> {
+        let mut input = Decoder(input);
         if &input.array::<8>()? != MAGIC {
             return Err(malformed("not a store snapshot (bad magic)"));
         }

@@ -17,7 +17,7 @@
 //! than being applied.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -420,7 +420,7 @@ impl ReplicatedState {
         Ok(members)
     }
 
-    pub fn read_image(input: &mut impl Read) -> Result<ReplicatedState, StorageError> {
+    pub fn read_image(input: &mut impl BufRead) -> Result<ReplicatedState, StorageError> {
         let malformed = |error: io::Error| StorageError(format!("snapshot image: {error}"));
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic).map_err(malformed)?;
@@ -474,7 +474,9 @@ impl ReplicatedState {
                 metadata.index, metadata.term, expected.index, expected.term
             )));
         }
-        let mut reader = ChunkReader::new(data);
+        // One buffer for the image and the check after it, so that nothing
+        // the image's decoder read ahead escapes the check.
+        let mut reader = io::BufReader::with_capacity(256 * 1024, ChunkReader::new(data));
         let state = Self::read_image(&mut reader).map_err(|e| named(&e))?;
         // Reading on to the end checks the file's checksum (and that the
         // image is all the file holds).

@@ -19,7 +19,9 @@
 //!   snapshot not yet recorded (Raft declined it or the member crashed
 //!   first; the log does not hold its last entry: recorded as `Installed`,
 //!   replacing the log, as the leader's snapshot would). Either way it is
-//!   recorded before anything else happens;
+//!   recorded before anything else happens. A file that disagrees with the
+//!   log at an index the log holds as committed is damage, not a received
+//!   snapshot (Raft takes those only beyond its commit index): an error;
 //! - snapshot file behind the log's marker, none when the log needs one, a
 //!   file whose contents are not the state it is named for, a damaged
 //!   file, a log from an older raftkv: errors naming the file.
@@ -246,7 +248,7 @@ pub fn open_member_storage_on(
         None => None,
     };
 
-    if let Some((metadata, _)) = &newest {
+    if let Some((metadata, newest_path)) = &newest {
         if metadata.index > recovered.snapshot_index() {
             // The snapshot file is ahead of the log: record it as Raft would
             // have. Entries that agree with it at its index stay; otherwise
@@ -255,6 +257,23 @@ pub fn open_member_storage_on(
                 .entries
                 .iter()
                 .any(|entry| entry.index == metadata.index && entry.term == metadata.term);
+            if !agrees && metadata.index <= recovered.hard_state.commit {
+                // Raft takes a snapshot from the leader only beyond its
+                // commit index, and a local one always agrees with the log:
+                // replacing the log here would drop entries this member
+                // knows are committed.
+                return Err(inconsistent(
+                    newest_path,
+                    format!(
+                        "holds the snapshot at index {} of term {}, which contradicts the \
+                         committed log in {} (commit index {}); the data dir is damaged",
+                        metadata.index,
+                        metadata.term,
+                        wal_dir(data_dir).display(),
+                        recovered.hard_state.commit
+                    ),
+                ));
+            }
             let kind = if agrees {
                 recovered
                     .entries

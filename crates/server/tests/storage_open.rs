@@ -227,13 +227,14 @@ fn initial_applied(storage: &MemberStorage) -> u64 {
 #[test]
 fn a_received_snapshot_inside_the_log_but_of_another_term_replaces_the_log() {
     let (fs, storage) = ran_ten_entries();
-    // Index 7 exists here at term 2; the leader's snapshot says term 3:
-    // this member's entries from some point on are not the leader's.
-    save_snapshot(&storage.snapshots, 7, 3);
+    // Index 9 exists here at term 2, not committed (commit 8); the leader's
+    // snapshot says term 3: this member's entries from some point on are
+    // not the leader's.
+    save_snapshot(&storage.snapshots, 9, 3);
     let fs = crash(storage, &fs);
     let storage = open_ok(&fs);
     let initial = initial_of(&storage);
-    assert_eq!(initial.applied, 7);
+    assert_eq!(initial.applied, 9);
     assert!(initial.entries.is_empty());
 }
 

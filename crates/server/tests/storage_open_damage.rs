@@ -1,4 +1,4 @@
-//! Adversarial review of `open_member_storage_on` and the snapshot-file
+//! Found by the adversarial review of `open_member_storage_on` and the snapshot-file
 //! retention rules (issue 11 items 4, 5, 9), on the WAL's `CrashFs`.
 //!
 //! Tests named `review_*` are expected to FAIL on 2e91018: each one is a
@@ -113,7 +113,7 @@ fn snapshot_names(fs: &CrashFs) -> Vec<String> {
 /// (The shipped test `a_received_snapshot_inside_the_log_but_of_another_
 /// term_replaces_the_log` asserts exactly this acceptance.)
 #[test]
-fn review_a_snapshot_file_contradicting_a_committed_entry_is_refused() {
+fn a_snapshot_file_contradicting_a_committed_entry_is_refused() {
     let fs = CrashFs::new();
     let mut storage = open_ok(&fs);
     storage
@@ -147,7 +147,7 @@ fn review_a_snapshot_file_contradicting_a_committed_entry_is_refused() {
 /// a file at 9 of another term than the committed entry 9 is opened as an
 /// `Installed` snapshot, dropping committed entry 10.
 #[test]
-fn review_open_never_drops_entries_below_the_durable_commit_index() {
+fn open_never_drops_entries_below_the_durable_commit_index() {
     let fs = CrashFs::new();
     let mut storage = open_ok(&fs);
     storage
@@ -181,7 +181,7 @@ fn review_open_never_drops_entries_below_the_durable_commit_index() {
 /// cast in that term stays; when it is higher, the member never was in
 /// that term, so no vote is lost by starting it with none.
 #[test]
-fn held_recording_a_received_snapshot_at_open_keeps_the_vote_of_the_current_term() {
+fn recording_a_received_snapshot_at_open_keeps_the_vote_of_the_current_term() {
     let fs = CrashFs::new();
     let mut storage = open_ok(&fs);
     storage
@@ -221,7 +221,7 @@ fn held_recording_a_received_snapshot_at_open_keeps_the_vote_of_the_current_term
 /// marker written, segments purged, older files removed. Every restart
 /// finds the newest state and the entries after it, never an error.
 #[test]
-fn held_a_crash_at_each_step_of_recording_a_snapshot_restarts_cleanly() {
+fn a_crash_at_each_step_of_recording_a_snapshot_restarts_cleanly() {
     for crash_after in 0..4 {
         let fs = CrashFs::new();
         let mut storage = open_ok(&fs);
@@ -267,7 +267,7 @@ fn held_a_crash_at_each_step_of_recording_a_snapshot_restarts_cleanly() {
 /// check never sees them: a file with garbage after a valid image (and a
 /// checksum over it) is installed as if whole.
 #[test]
-fn review_bytes_after_the_state_image_are_refused_naming_the_file() {
+fn bytes_after_the_state_image_are_refused_naming_the_file() {
     let fs = CrashFs::new();
     let files =
         SnapshotFiles::open(Path::new("/snap"), Arc::new(fs.clone())).expect("open snap dir");
@@ -301,7 +301,7 @@ fn review_bytes_after_the_state_image_are_refused_naming_the_file() {
 /// newer snapshot is waiting to be installed keeps the newer one, and the
 /// install then removes the local one.
 #[test]
-fn held_recording_a_local_snapshot_keeps_a_pending_newer_install() {
+fn recording_a_local_snapshot_keeps_a_pending_newer_install() {
     let fs = CrashFs::new();
     let mut storage = open_ok(&fs);
     storage
@@ -324,7 +324,7 @@ fn held_recording_a_local_snapshot_keeps_a_pending_newer_install() {
 /// sealed with a valid file checksum (a buggy writer, not the disk) is an
 /// error naming the file when loaded, never a panic.
 #[test]
-fn held_a_malformed_image_under_a_valid_checksum_never_panics_the_loader() {
+fn a_malformed_image_under_a_valid_checksum_never_panics_the_loader() {
     let fs = CrashFs::new();
     let files =
         SnapshotFiles::open(Path::new("/snap"), Arc::new(fs.clone())).expect("open snap dir");

@@ -238,7 +238,7 @@ async fn one_crash(seed: u64) {
 /// whatever step of writing, recording, purging or removing snapshots the
 /// power cut hit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_acknowledged_writes_survive_a_power_cut_at_any_point_of_snapshotting() {
+async fn acknowledged_writes_survive_a_power_cut_at_any_point_of_snapshotting() {
     let runs: u64 = std::env::var("REVIEW_CRASH_RUNS")
         .ok()
         .and_then(|text| text.parse().ok())

@@ -1,4 +1,4 @@
-//! Adversarial review of `SnapshotFiles` (issue 11 item 4): bad files must
+//! Found by the adversarial review of `SnapshotFiles` (issue 11 item 4): bad files must
 //! give errors naming the file, never a panic; names and contents must
 //! agree; removal must never take a file at or above the one kept.
 
@@ -29,7 +29,7 @@ fn write(files: &SnapshotFiles, meta: &SnapshotMetadata, bytes: &[u8]) -> std::p
 /// gives an error naming the file from `latest()` (which checks it end to
 /// end), never a panic and never a silent success with other contents.
 #[test]
-fn held_every_truncation_and_flip_is_an_error_naming_the_file() {
+fn every_truncation_and_flip_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = SnapshotFiles::open(dir.path(), Arc::new(StdFs)).expect("open");
     let payload: Vec<u8> = (0..300u32).map(|i| (i * 13) as u8).collect();
@@ -67,7 +67,7 @@ fn held_every_truncation_and_flip_is_an_error_naming_the_file() {
 /// HELD. A file renamed by hand (name and contents disagree) is an error
 /// naming it, whether the name is newer or older than its contents.
 #[test]
-fn held_a_file_whose_name_lies_is_an_error_naming_it() {
+fn a_file_whose_name_lies_is_an_error_naming_it() {
     for (written, named) in [((10, 2), (12, 2)), ((10, 2), (10, 3)), ((12, 3), (11, 3))] {
         let fs = CrashFs::new();
         let dir = Path::new("/snap");
@@ -87,7 +87,7 @@ fn held_a_file_whose_name_lies_is_an_error_naming_it() {
 /// same index and another term, a newer one (a pending install), or a
 /// temporary; it is idempotent; files that do not parse are left alone.
 #[test]
-fn held_remove_older_than_spares_the_kept_index_newer_files_and_strangers() {
+fn remove_older_than_spares_the_kept_index_newer_files_and_strangers() {
     let fs = CrashFs::new();
     let dir = Path::new("/snap");
     let files = SnapshotFiles::open(dir, Arc::new(fs.clone())).expect("open");

@@ -397,7 +397,7 @@ async fn one_run(seed: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_a_follower_crashed_while_catching_up_by_snapshot_restarts_and_converges() {
+async fn a_follower_crashed_while_catching_up_by_snapshot_restarts_and_converges() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
