@@ -29,8 +29,6 @@ mod load;
 pub mod ports;
 mod proposal;
 #[cfg(test)]
-mod review3;
-#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};

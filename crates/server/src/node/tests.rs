@@ -12,6 +12,7 @@ use raft::{Entry, HardState, Message, MessageBody, NodeId, Raft, SnapshotMetadat
 use super::applier::Applier;
 use super::driver::{Driver, Flow};
 use super::inbox::{Input, InputReceiver, InputSender};
+use super::load::{INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX};
 use super::ports::{
     LogStorage, Outbox, PeerEvent, SnapshotJob, SnapshotSend, StateMachine, StorageError,
 };
@@ -51,6 +52,8 @@ impl LogStorage for MemoryLog {
 struct Recorder {
     applied: Vec<Bytes>,
     applied_index: u64,
+    /// Set when a snapshot replaced the state.
+    installed: Option<u64>,
 }
 
 impl StateMachine for Recorder {
@@ -69,6 +72,7 @@ impl StateMachine for Recorder {
 
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
         self.applied_index = snapshot.index;
+        self.installed = Some(snapshot.index);
         Ok(())
     }
 
@@ -85,6 +89,7 @@ impl StateMachine for Recorder {
 #[derive(Default)]
 struct Sent {
     messages: Vec<Message>,
+    snapshots: Vec<Message>,
     forwards: Vec<(NodeId, Vec<Bytes>)>,
     refusals: Vec<(NodeId, Vec<RequestId>)>,
 }
@@ -106,8 +111,15 @@ impl Outbox for RecordingOutbox {
             .extend(messages);
     }
 
-    fn send_snapshot(&mut self, _message: &Message) -> SnapshotSend {
-        SnapshotSend::Failed
+    /// Snapshots are handed over: `Cluster::step` delivers them like any
+    /// message (the data is already "durable" at the receiver).
+    fn send_snapshot(&mut self, message: &Message) -> SnapshotSend {
+        self.sent
+            .lock()
+            .expect("test lock")
+            .snapshots
+            .push(message.clone());
+        SnapshotSend::Started
     }
 
     fn forward(&mut self, leader: NodeId, proposals: Vec<Bytes>) -> bool {
@@ -274,7 +286,7 @@ impl Cluster {
             self.members[position].pump();
             let from = self.members[position].id;
             let sent = self.members[position].take_sent();
-            for message in sent.messages {
+            for message in sent.messages.into_iter().chain(sent.snapshots) {
                 traffic = true;
                 if !self.cut.contains(&(from, message.to)) {
                     self.member(message.to)
@@ -689,4 +701,216 @@ fn a_full_input_queue_refuses_client_requests() {
     let mut accepted = member.propose("room again");
     cluster.settle();
     answered_index(accepted.try_result());
+}
+
+/// Claim (architecture.md, `NodeHandle::propose`, `NodeError::LeaderChanged`):
+/// a local write answered `leader changed` is one "whose index then holds
+/// another term's entry ... can never apply".
+///
+/// Attack: leader 1 appends W and replicates it to member 2 only; the ack
+/// is lost and 1 is cut off. Member 2 wins the election (its log is the most
+/// up to date), commits W (its term-1 entry, under its own no-op) and
+/// applies it. Member 2 then snapshots and compacts its log, so when 1
+/// comes back it is caught up by an `InstallSnapshot` rather than entries.
+/// The snapshot replaces 1's log and `log_term(W's index)` becomes `None`,
+/// although W committed and is in the state every member now holds (1
+/// included, via the snapshot). `resolve_proposed` must not fail W with
+/// `leader changed` (it once did): the outcome is unknown at best (it
+/// answers `LeaderFailed`), never "replaced".
+#[test]
+fn a_committed_write_caught_up_by_snapshot_is_not_answered_leader_changed() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+
+    // 1's appends reach 2 only; nothing comes back to 1.
+    cluster.cut = vec![(1, 3), (2, 1), (3, 1)];
+    let mut write = cluster.member(1).propose("W");
+    cluster.step();
+    let w_index = cluster.member(1).driver.raft.last_index();
+    let w_term = cluster.member(1).driver.raft.log_term(w_index);
+    assert_eq!(
+        cluster.member(2).driver.raft.log_term(w_index),
+        w_term,
+        "member 2 holds W"
+    );
+    assert!(cluster.member(1).driver.raft.commit_index() < w_index);
+
+    cluster.heal();
+    cluster.isolate(1);
+    let leader = cluster.tick_until_leader(&[2, 3]);
+    assert_eq!(leader, 2, "only member 2's log is up to date");
+    cluster.settle();
+    assert!(cluster.member(2).driver.raft.commit_index() >= w_index);
+    assert!(
+        cluster
+            .member(2)
+            .state_machine
+            .applied
+            .iter()
+            .any(|payload| &payload[..] == b"W"),
+        "W committed and was applied by the new leader"
+    );
+
+    // Some more writes; then the leader snapshots and drops its log.
+    let _later: Vec<PendingProposal> = (0..3)
+        .map(|n| cluster.member(2).propose(&format!("later{n}")))
+        .collect();
+    cluster.settle();
+    let applied = cluster.member(2).driver.raft.applied_index();
+    cluster
+        .member(2)
+        .driver
+        .raft
+        .create_snapshot(applied, Bytes::new())
+        .expect("snapshot");
+    cluster
+        .member(2)
+        .driver
+        .raft
+        .compact_log(applied)
+        .expect("compact");
+
+    cluster.heal();
+    for _ in 0..5 {
+        cluster.tick();
+    }
+    assert!(
+        cluster.member(1).state_machine.installed.is_some(),
+        "member 1 was caught up by the snapshot"
+    );
+    assert_eq!(cluster.member(1).driver.raft.leader(), 2);
+
+    let answer = write.try_result();
+    assert_ne!(
+        answer,
+        Some(Err(NodeError::LeaderChanged)),
+        "W committed at index {w_index} (applied on member 2, and in the \
+         snapshot member 1 installed) but its client heard `leader changed`, \
+         which the node documents as 'its entry was replaced, can never apply'"
+    );
+}
+
+/// Claim (load.rs, architecture.md): "A write is refused ... while 10,000 of
+/// this member's proposals wait for their entries", and the input queue
+/// leaves 1,024 places that only peer events, ticks and snapshot reports
+/// can use: "a client sees a full queue only if peer traffic also filled
+/// the headroom".
+///
+/// Attack: a client that gives up at once (a gRPC deadline of a few
+/// milliseconds, or a disconnect) drops its handler future, and
+/// `PendingProposal::drop` gives back the waiter at once, while the
+/// `Input::Propose` it queued stays queued and is proposed anyway. Such
+/// inputs once filled the whole queue, headroom included, and the member
+/// held far more than 10,000 proposals of its own in flight (queued,
+/// appended, uncommitted), none refused. Now a client input keeps its place
+/// in the queue until the raft thread takes it (`CLIENT_INPUTS_MAX`), and a
+/// leader refuses a round's writes past `UNCOMMITTED_ENTRIES_MAX` entries
+/// appended but uncommitted.
+#[test]
+fn cancelled_writes_keep_their_place_in_the_queue_and_the_leader_bounds_uncommitted_entries() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    // The followers are slow (their acks do not come): nothing commits. No
+    // ticks, so CheckQuorum does not step in.
+    cluster.isolate(1);
+
+    // 1) Client inputs alone fill the headroom meant for peer events.
+    let mut queued = 0usize;
+    loop {
+        match cluster.member(1).handle.start_proposal(b"gone") {
+            Ok(pending) => {
+                drop(pending); // the client went away
+                queued += 1;
+            }
+            Err(NodeError::TooManyRequests) => break,
+            Err(other) => panic!("unexpected {other}"),
+        }
+        assert!(queued <= INPUT_QUEUE_MAX, "queue bound broken");
+    }
+    let peer_event_fits = cluster
+        .member(1)
+        .input
+        .try_send(Input::Peer(PeerEvent::Unreachable(2)))
+        .is_ok();
+
+    // 2) Three times the pending-proposals bound, in flight at once.
+    cluster.member(1).pump();
+    let mut accepted = queued;
+    while accepted < 3 * PENDING_PROPOSALS_MAX {
+        for _ in 0..1_000 {
+            drop(cluster.member(1).propose("gone"));
+            accepted += 1;
+        }
+        cluster.member(1).pump();
+    }
+    let raft = &cluster.member(1).driver.raft;
+    let uncommitted = raft.last_index() - raft.commit_index();
+
+    assert!(
+        peer_event_fits && uncommitted <= PENDING_PROPOSALS_MAX as u64,
+        "client inputs alone filled the input queue ({queued} of \
+         {INPUT_QUEUE_MAX}; a peer event fits: {peer_event_fits}), and member \
+         1 holds {uncommitted} of its own writes appended but uncommitted \
+         (bound: {PENDING_PROPOSALS_MAX}) while reporting {} pending",
+        cluster.member(1).handle.load().pending_proposals
+    );
+}
+
+/// Claim (`NodeHandle::propose_conf_change`): waits until the change is
+/// applied and returns its position. It once waited only for the applied
+/// index to reach the position's index, never checking that the entry there
+/// is the change (same term), so a change a new leader's entry replaced was
+/// reported applied. Now it is answered only if the entry at its index is
+/// still its own, else `leader changed` like a write. (Not reachable from a
+/// client yet: MemberAdd/Remove are not served.)
+#[test]
+fn a_conf_change_replaced_by_a_new_leaders_entry_is_not_reported_applied() {
+    use futures_util::FutureExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _context = runtime.enter();
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.isolate(1);
+    let handle = cluster.member(1).handle.clone();
+    let mut change = Box::pin(handle.propose_conf_change(
+        raft::ConfChange {
+            change: raft::ConfChangeKind::AddLearner,
+            node_id: 4,
+            context: Bytes::new(),
+        },
+        Duration::from_secs(3600),
+    ));
+    assert!((&mut change).now_or_never().is_none());
+    cluster.step();
+    let index = cluster.member(1).driver.raft.last_index();
+    let term = cluster.member(1).driver.raft.log_term(index);
+    let leader = cluster.tick_until_leader(&[2, 3]);
+    // The new leader writes past that index, so the replaced one commits.
+    let _writes: Vec<PendingProposal> = (0..3)
+        .map(|n| cluster.member(leader).propose(&format!("w{n}")))
+        .collect();
+    cluster.settle();
+    cluster.heal();
+    cluster.tick();
+    cluster.tick();
+    assert!(cluster.member(1).driver.raft.applied_index() >= index);
+    assert_ne!(cluster.member(1).driver.raft.log_term(index), term);
+    assert!(
+        !cluster
+            .member(1)
+            .driver
+            .raft
+            .conf_state()
+            .learners
+            .contains(&4),
+        "the change was not applied"
+    );
+    let outcome = change.now_or_never();
+    assert!(
+        !matches!(outcome, Some(Ok(_))),
+        "a conf change whose entry was replaced is reported applied: {outcome:?}"
+    );
 }
