@@ -3,43 +3,27 @@
 //! snapshot of them, never from a member's own `--initial-cluster`. Real
 //! members (`server::run`) over loopback gRPC, their data on `CrashFs`.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{bind, conf_change, start, url, ListedMember, Member};
 use proto::etcdserverpb as pb;
-use raft::{ConfChange, ConfChangeKind, Entry, EntryKind, Raft, SnapshotMetadata};
+use raft::{ConfChangeKind, SnapshotMetadata};
 use server::config::{ResolvedConfig, ServerConfig};
-use server::node::{raft_config, StateMachine};
-use server::server::{bootstrap_raft, run, Listeners, ServerError};
+use server::node::StateMachine;
+use server::server::Listeners;
 use server::state::{KvStateMachine, ReplicatedState, SharedState};
-use server::storage::open_member_storage_on;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use wal::crash_fs::CrashFs;
 use wal::SnapshotFiles;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-struct Member {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-    client: SocketAddr,
-    snapshots: SnapshotFiles,
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback")
-}
-
-fn url(listener: &TcpListener) -> String {
-    format!("http://{}", listener.local_addr().expect("addr"))
-}
+/// WAL segments of 1 MiB: purges play no part in these tests.
+const SEGMENT_BYTES: u64 = 1 << 20;
 
 /// A config for `name` whose peer URLs are those of `peer` listeners.
 fn config(
@@ -49,59 +33,13 @@ fn config(
     initial_cluster: &str,
 ) -> ResolvedConfig {
     ServerConfig {
-        name: name.to_string(),
-        data_dir: Some(Path::new("/data").join(name)),
         listen_client_urls: vec![url(client)],
         listen_peer_urls: peer.iter().map(|listener| url(listener)).collect(),
         initial_cluster: Some(initial_cluster.to_string()),
-        heartbeat_interval: 20,
-        election_timeout: 200,
-        snapshot_count: 5,
-        snapshot_catchup_entries: 5,
-        ..ServerConfig::default()
+        ..common::member_config(name, 5, 5)
     }
     .resolve()
     .expect("valid config")
-}
-
-/// Starts a member as the binary does: restart from its data if any, else
-/// bootstrap.
-fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
-    let mut storage = open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 1 << 20)
-        .expect("open storage");
-    let raft = match storage.initial.take() {
-        Some(initial) => Raft::new(
-            raft_config(
-                config.member_id,
-                config.heartbeat_interval_ms,
-                config.election_timeout_ms,
-                config.member_id,
-            ),
-            initial,
-        )
-        .expect("restart raft"),
-        None => bootstrap_raft(&config).expect("bootstrap"),
-    };
-    let client = listeners.client[0].local_addr().expect("addr");
-    let snapshots = storage.snapshots.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(
-        config,
-        listeners,
-        storage.log,
-        storage.snapshots,
-        storage.restored,
-        raft,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Member {
-        stop,
-        task,
-        client,
-        snapshots,
-    }
 }
 
 async fn stop(member: Member) {
@@ -133,26 +71,10 @@ async fn put_until<F: FnMut() -> bool>(client: SocketAddr, what: &str, mut done:
     }
 }
 
-async fn member_list(client: SocketAddr) -> Vec<(u64, String, Vec<String>, Vec<String>)> {
-    let mut cluster = pb::cluster_client::ClusterClient::connect(format!("http://{client}"))
-        .await
-        .expect("connect");
-    let mut members: Vec<_> = cluster
-        .member_list(pb::MemberListRequest::default())
-        .await
-        .expect("member list")
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|member| {
-            (
-                member.id,
-                member.name,
-                member.peer_ur_ls,
-                member.client_ur_ls,
-            )
-        })
-        .collect();
+/// The members as the member at `client` lists them, sorted (the order is
+/// not what these tests compare).
+async fn member_list(client: SocketAddr) -> Vec<ListedMember> {
+    let mut members = common::member_list(client).await.expect("member list");
     members.sort();
     members
 }
@@ -188,6 +110,7 @@ async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made(
     let member = start(
         first,
         &fs,
+        SEGMENT_BYTES,
         Listeners {
             client: vec![client],
             peer: vec![peer],
@@ -215,18 +138,12 @@ async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made(
     let (client, peer) = (bind().await, bind().await);
     let peer_url_a = first_state.members[&member_id].peer_urls[0].clone();
     let second = ServerConfig {
-        name: "a".to_string(),
-        data_dir: Some(Path::new("/data").join("a")),
         listen_client_urls: vec![url(&client)],
         advertise_client_urls: vec![client_url_a],
         listen_peer_urls: vec![url(&peer)],
         initial_advertise_peer_urls: vec![peer_url_a.clone()],
         initial_cluster: Some(format!("a={peer_url_a},c={stranger_url}")),
-        heartbeat_interval: 20,
-        election_timeout: 200,
-        snapshot_count: 5,
-        snapshot_catchup_entries: 5,
-        ..ServerConfig::default()
+        ..common::member_config("a", 5, 5)
     }
     .resolve()
     .expect("valid config");
@@ -235,6 +152,7 @@ async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made(
     let member = start(
         second,
         &fs,
+        SEGMENT_BYTES,
         Listeners {
             client: vec![client],
             peer: vec![peer],
@@ -279,6 +197,7 @@ async fn members_configured_differently_hold_identical_registries() {
     let member_a = start(
         config_a,
         &fs_a,
+        SEGMENT_BYTES,
         Listeners {
             client: vec![client_a],
             peer: vec![peer_a1, peer_a2],
@@ -287,6 +206,7 @@ async fn members_configured_differently_hold_identical_registries() {
     let member_b = start(
         config_b,
         &fs_b,
+        SEGMENT_BYTES,
         Listeners {
             client: vec![client_b],
             peer: vec![peer_b],
@@ -382,20 +302,6 @@ fn an_entry_out_of_order_stops_the_state_machine_with_both_indexes() {
         !state.members.contains_key(&99),
         "the repeat was not applied"
     );
-}
-
-fn conf_change(index: u64, change: ConfChangeKind, node_id: u64) -> Entry {
-    Entry {
-        term: 1,
-        index,
-        kind: EntryKind::ConfChange,
-        data: ConfChange {
-            change,
-            node_id,
-            context: Bytes::new(),
-        }
-        .encode(),
-    }
 }
 
 fn publish(member_id: u64, name: &str, peer_urls: &[&str]) -> Bytes {

@@ -1,32 +1,22 @@
-//! Found by the adversarial review of the replicated member registry (issue 11 item 5).
+//! The member registry as the bootstrap entries alone make it, before any
+//! member has published its attributes: what `MemberList` shows for an
+//! initial member that has not started yet.
 
-use bytes::Bytes;
-use raft::{ConfChange, ConfChangeKind, Entry, EntryKind};
+mod common;
+
+use common::conf_change;
+use raft::ConfChangeKind;
 use server::node::StateMachine;
 use server::state::{KvStateMachine, SharedState};
 
-fn add_voter(index: u64, node_id: u64) -> Entry {
-    Entry {
-        term: 1,
-        index,
-        kind: EntryKind::ConfChange,
-        data: ConfChange {
-            change: ConfChangeKind::AddVoter,
-            node_id,
-            context: Bytes::new(),
-        }
-        .encode(),
-    }
-}
-
-/// FINDING (low, etcd compatibility). etcd's bootstrap conf changes carry
-/// each initial member (its peer URLs) in their context, so `member list`
-/// shows a member that has not started yet with its peer URLs (status
-/// "unstarted"). Here the bootstrap entries carry ids only, so until a
-/// member's own publish is applied the registry, and `MemberList` on every
-/// member, shows it with no peer URLs at all; a member that never comes up
-/// is listed as `{id, "", [], []}` forever. (Before the change, the URLs
-/// came from each member's --initial-cluster.)
+/// An initial member that has not published yet is listed with its peer
+/// URLs, as etcd lists it ("unstarted"): etcd's bootstrap conf changes carry
+/// each initial member's peer URLs in their context. The bootstrap entries
+/// here carry ids only, so until a member's own publish is applied, the
+/// registry and `MemberList` on every member show it with no peer URLs; one
+/// that never comes up is listed as `{id, "", [], []}` for good. The peer
+/// URLs cannot come from each member's `--initial-cluster` instead: the
+/// registry is replicated state and must be identical on every member.
 #[test]
 #[ignore = "issue 14: bootstrap conf changes must carry the initial members' peer URLs (identical on every member); until then MemberList shows them after each publishes"]
 fn an_initial_member_that_has_not_published_is_listed_with_its_peer_urls() {
@@ -34,7 +24,7 @@ fn an_initial_member_that_has_not_published_is_listed_with_its_peer_urls() {
     let mut machine = KvStateMachine::new(state.clone(), None).expect("state machine");
     for (index, id) in [(1u64, 10u64), (2, 20), (3, 30)] {
         machine
-            .apply_conf_change(&add_voter(index, id))
+            .apply_conf_change(&conf_change(index, ConfChangeKind::AddVoter, id))
             .expect("apply bootstrap entry");
     }
     let registry = state.read().expect("state").members.clone();

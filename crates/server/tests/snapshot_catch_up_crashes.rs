@@ -1,38 +1,32 @@
-//! Adversarial review: a follower catching up by snapshot from the leader
-//! (received file, Raft, `Installed` marker, apply-thread install, removal
-//! of older files) while writes go on, so its own snapshot jobs run at the
-//! same time; its disk loses power at a random moment of that; it restarts
-//! on what survived. It must start, converge to the leader's data, and
-//! list the same members, in the same order, as every other member.
+//! A follower that crashes while catching up by snapshot restarts and
+//! converges. Of three members, `c` falls behind the leader's log and comes
+//! back while writes go on, so that it catches up by snapshot (received
+//! file, Raft, `Installed` marker, apply-thread install, removal of older
+//! files) while its own snapshot jobs run too. Its disk loses power at a
+//! moment of that chosen by the seed (a snapshot writer at work, a new
+//! file finished, or a short wait), and it restarts on what survived. It
+//! must start, converge to the leader's data, and list the same members, in
+//! the same order, as every other member.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{addr_url as url, ListedMember, Member};
 use proto::etcdserverpb as pb;
-use raft::Raft;
 use server::config::{ResolvedConfig, ServerConfig};
-use server::node::raft_config;
-use server::server::{bootstrap_raft, run, Listeners, ServerError};
-use server::storage::open_member_storage_on;
+use server::server::{Listeners, ServerError};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wal::crash_fs::CrashFs;
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
-struct Member {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-    client: SocketAddr,
-}
-
-fn url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
-}
+/// Small WAL segments: purges happen all the time.
+const SEGMENT_BYTES: u64 = 2048;
 
 fn config(
     name: &str,
@@ -42,17 +36,11 @@ fn config(
     cluster: &str,
 ) -> ResolvedConfig {
     ServerConfig {
-        name: name.to_string(),
-        data_dir: Some(Path::new("/data").join(name)),
         listen_client_urls: vec![url(client)],
         listen_peer_urls: vec![url(peer)],
         initial_advertise_peer_urls: vec![url(advertised_peer)],
         initial_cluster: Some(cluster.to_string()),
-        heartbeat_interval: 20,
-        election_timeout: 200,
-        snapshot_count: 4,
-        snapshot_catchup_entries: 2,
-        ..ServerConfig::default()
+        ..common::member_config(name, 4, 2)
     }
     .resolve()
     .expect("valid config")
@@ -71,42 +59,13 @@ async fn listen(addr: SocketAddr) -> TcpListener {
     }
 }
 
+/// Starts (or restarts) the member on the addresses its config names.
 async fn start(config: ResolvedConfig, fs: &CrashFs) -> Member {
-    let mut storage = match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 2048) {
-        Ok(storage) => storage,
-        Err(error) => panic!("{} refused to restart: {error}", config.name),
-    };
-    let raft = match storage.initial.take() {
-        Some(initial) => Raft::new(
-            raft_config(
-                config.member_id,
-                config.heartbeat_interval_ms,
-                config.election_timeout_ms,
-                config.member_id,
-            ),
-            initial,
-        )
-        .expect("restart raft"),
-        None => bootstrap_raft(&config).expect("bootstrap"),
-    };
     let listeners = Listeners {
         client: vec![listen(config.listen_client_addrs[0]).await],
         peer: vec![listen(config.listen_peer_addrs[0]).await],
     };
-    let client = config.listen_client_addrs[0];
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(
-        config,
-        listeners,
-        storage.log,
-        storage.snapshots,
-        storage.restored,
-        raft,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Member { stop, task, client }
+    common::start(config, fs, SEGMENT_BYTES, listeners)
 }
 
 async fn stop(member: Member) -> Option<Result<(), ServerError>> {
@@ -142,58 +101,15 @@ async fn put_acked(client: SocketAddr, key: &str, value: &str) {
     }
 }
 
+/// Every key under `k/` on the member at `client` (its own state when
+/// `serializable`), if it answers.
 async fn keys(client: SocketAddr, serializable: bool) -> Option<BTreeMap<String, String>> {
-    let mut kv = pb::kv_client::KvClient::connect(url(client)).await.ok()?;
-    let response = kv
-        .range(pb::RangeRequest {
-            key: b"k/".to_vec().into(),
-            range_end: b"k0".to_vec().into(),
-            serializable,
-            ..pb::RangeRequest::default()
-        })
-        .await
-        .ok()?;
-    Some(
-        response
-            .into_inner()
-            .kvs
-            .into_iter()
-            .map(|pair| {
-                (
-                    String::from_utf8_lossy(&pair.key).into_owned(),
-                    String::from_utf8_lossy(&pair.value).into_owned(),
-                )
-            })
-            .collect(),
-    )
+    common::keys(client, serializable).await.ok()
 }
 
-type Listed = Vec<(u64, String, Vec<String>, Vec<String>)>;
-
-/// The list as the member returns it (order included).
-async fn member_list(client: SocketAddr) -> Option<Listed> {
-    let mut cluster = pb::cluster_client::ClusterClient::connect(url(client))
-        .await
-        .ok()?;
-    let members = cluster
-        .member_list(pb::MemberListRequest::default())
-        .await
-        .ok()?
-        .into_inner()
-        .members;
-    Some(
-        members
-            .into_iter()
-            .map(|member| {
-                (
-                    member.id,
-                    member.name,
-                    member.peer_ur_ls,
-                    member.client_ur_ls,
-                )
-            })
-            .collect(),
-    )
+/// The list as the member returns it (order included), if it answers.
+async fn member_list(client: SocketAddr) -> Option<Vec<ListedMember>> {
+    common::member_list(client).await.ok()
 }
 
 /// A TCP forwarder standing for a member's peer address, so that a test can
@@ -396,6 +312,8 @@ async fn one_run(seed: u64) {
     );
 }
 
+/// The crash-and-converge run for six seeds by default,
+/// `REVIEW_INSTALL_RUNS` for more; `RUST_LOG` shows the members' logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_crashed_while_catching_up_by_snapshot_restarts_and_converges() {
     let _ = tracing_subscriber::fmt()

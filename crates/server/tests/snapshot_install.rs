@@ -3,14 +3,15 @@
 //! whatever arrives meanwhile; older files go only after a newer snapshot
 //! is installed; an install never rolls the state back.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use proto::etcdserverpb::PutRequest;
-use proto::internal::{internal_request, InternalRequest};
+use common::{image, state_at};
 use raft::{ConfState, SnapshotMetadata};
 use server::node::StateMachine;
-use server::state::{KvStateMachine, ReplicatedState, SharedState};
+use server::state::{KvStateMachine, SharedState};
 use wal::crash_fs::CrashFs;
 use wal::fs::FileSystem;
 use wal::SnapshotFiles;
@@ -21,27 +22,6 @@ fn meta(index: u64, term: u64) -> SnapshotMetadata {
         term,
         conf_state: ConfState::with_voters([1, 2, 3]),
     }
-}
-
-fn state_at(index: u64) -> ReplicatedState {
-    let mut state = ReplicatedState {
-        applied_index: index,
-        ..ReplicatedState::default()
-    };
-    state.store.apply(&InternalRequest {
-        request: Some(internal_request::Request::Put(PutRequest {
-            key: b"at".to_vec().into(),
-            value: index.to_string().into_bytes().into(),
-            ..PutRequest::default()
-        })),
-    });
-    state
-}
-
-fn image(state: &ReplicatedState) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    state.write_image(&mut bytes).expect("image");
-    bytes
 }
 
 fn setup() -> (CrashFs, SnapshotFiles, SharedState, KvStateMachine) {

@@ -1,6 +1,7 @@
-//! Found by the adversarial review of `SnapshotFiles` (issue 11 item 4): bad files must
-//! give errors naming the file, never a panic; names and contents must
-//! agree; removal must never take a file at or above the one kept.
+//! `SnapshotFiles` against bad files: damage of any kind is an error
+//! naming the file, never a panic and never other contents taken as the
+//! snapshot; a file's name and contents must agree; removing older files
+//! never takes one at or above the snapshot kept, nor one it did not write.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -25,9 +26,10 @@ fn write(files: &SnapshotFiles, meta: &SnapshotMetadata, bytes: &[u8]) -> std::p
     writer.finish().expect("finish")
 }
 
-/// HELD. Every truncation and every single-byte flip of a snapshot file
-/// gives an error naming the file from `latest()` (which checks it end to
-/// end), never a panic and never a silent success with other contents.
+/// Every truncation of a snapshot file, a flip of the low or the high bit
+/// of any of its bytes, and a tail appended to it give an error naming the
+/// file from `latest()`, which checks the newest file end to end: never a
+/// panic, and never a silent success with other contents.
 #[test]
 fn every_truncation_and_flip_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -64,8 +66,9 @@ fn every_truncation_and_flip_is_an_error_naming_the_file() {
     check(&longer, "4 bytes appended");
 }
 
-/// HELD. A file renamed by hand (name and contents disagree) is an error
-/// naming it, whether the name is newer or older than its contents.
+/// A file renamed by hand, so that its name and its contents disagree, is
+/// an error naming it, whether the name says a newer or an older snapshot
+/// (another index or another term) than the contents.
 #[test]
 fn a_file_whose_name_lies_is_an_error_naming_it() {
     for (written, named) in [((10, 2), (12, 2)), ((10, 2), (10, 3)), ((12, 3), (11, 3))] {
@@ -83,9 +86,11 @@ fn a_file_whose_name_lies_is_an_error_naming_it() {
     }
 }
 
-/// HELD. `remove_older_than` never takes the file it keeps, a file of the
-/// same index and another term, a newer one (a pending install), or a
-/// temporary; it is idempotent; files that do not parse are left alone.
+/// `remove_older_than` takes only the files below the index it keeps:
+/// never the kept file, a file of the same index and another term, a newer
+/// one (a received snapshot waiting to be installed), or a writer's
+/// temporary. Run twice, it removes nothing more; a file whose name does not
+/// parse (an operator's) is left alone.
 #[test]
 fn remove_older_than_spares_the_kept_index_newer_files_and_strangers() {
     let fs = CrashFs::new();

@@ -1,0 +1,233 @@
+//! What the server's integration tests share: whole members (`server::run`)
+//! started as the binary starts them, their data on the WAL's `CrashFs`,
+//! and the client calls that read what they hold; replicated states and
+//! log entries built by hand for tests of the state machine and storage.
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::etcdserverpb as pb;
+use proto::internal::{internal_request, InternalRequest};
+use raft::{ConfChange, ConfChangeKind, Entry, EntryKind, Raft};
+use server::config::{ResolvedConfig, ServerConfig};
+use server::node::raft_config;
+use server::server::{bootstrap_raft, run, Listeners, ServerError};
+use server::state::ReplicatedState;
+use server::storage::open_member_storage_on;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wal::crash_fs::CrashFs;
+use wal::SnapshotFiles;
+
+/// A member running in this process: sending on `stop` shuts it down, and
+/// `task` ends with what `server::run` returned.
+pub struct Member {
+    pub stop: oneshot::Sender<()>,
+    pub task: JoinHandle<Result<(), ServerError>>,
+    /// The address of its first client listener.
+    pub client: SocketAddr,
+    /// Its snapshot directory, to watch what the member writes there.
+    pub snapshots: SnapshotFiles,
+}
+
+/// A listener on a free loopback port.
+pub async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
+}
+
+pub fn url(listener: &TcpListener) -> String {
+    addr_url(listener.local_addr().expect("addr"))
+}
+
+pub fn addr_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// The settings of member `name` that do not depend on its addresses: its
+/// data in `/data/<name>` (on the member's own `CrashFs`), Raft timers fast
+/// enough for a test (20 ms heartbeat, 200 ms election timeout), and a
+/// snapshot every `snapshot_count` applied entries keeping
+/// `snapshot_catchup_entries` behind it, so that snapshots and compactions
+/// happen within a few writes.
+pub fn member_config(
+    name: &str,
+    snapshot_count: u64,
+    snapshot_catchup_entries: u64,
+) -> ServerConfig {
+    ServerConfig {
+        name: name.to_string(),
+        data_dir: Some(Path::new("/data").join(name)),
+        heartbeat_interval: 20,
+        election_timeout: 200,
+        snapshot_count,
+        snapshot_catchup_entries,
+        ..ServerConfig::default()
+    }
+}
+
+/// Starts a member as the binary does: it restarts from what its data dir
+/// on `fs` holds, and bootstraps from `config` when that is empty. The WAL
+/// writes segments of `segment_bytes` (small ones make purges frequent). A
+/// data dir the member refuses to open fails the test, naming the member
+/// and the reason: after a crash, that refusal is what the tests look for.
+pub fn start(
+    config: ResolvedConfig,
+    fs: &CrashFs,
+    segment_bytes: u64,
+    listeners: Listeners,
+) -> Member {
+    let mut storage =
+        match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, segment_bytes) {
+            Ok(storage) => storage,
+            Err(error) => panic!(
+                "member {} refused to open its data dir: {error}",
+                config.name
+            ),
+        };
+    let raft = match storage.initial.take() {
+        Some(initial) => Raft::new(
+            raft_config(
+                config.member_id,
+                config.heartbeat_interval_ms,
+                config.election_timeout_ms,
+                config.member_id,
+            ),
+            initial,
+        )
+        .expect("restart raft"),
+        None => bootstrap_raft(&config).expect("bootstrap"),
+    };
+    let client = listeners.client[0].local_addr().expect("addr");
+    let snapshots = storage.snapshots.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        config,
+        listeners,
+        storage.log,
+        storage.snapshots,
+        storage.restored,
+        raft,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Member {
+        stop,
+        task,
+        client,
+        snapshots,
+    }
+}
+
+/// Every key under `k/` and its value as the member at `client` answers
+/// one range request: linearizable, or its own applied state when
+/// `serializable`. An error says whether connecting or the request failed.
+pub async fn keys(
+    client: SocketAddr,
+    serializable: bool,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut kv = pb::kv_client::KvClient::connect(addr_url(client))
+        .await
+        .map_err(|error| format!("connect: {error}"))?;
+    let response = kv
+        .range(pb::RangeRequest {
+            key: b"k/".to_vec().into(),
+            range_end: b"k0".to_vec().into(),
+            serializable,
+            ..pb::RangeRequest::default()
+        })
+        .await
+        .map_err(|status| format!("range: {status}"))?;
+    Ok(response
+        .into_inner()
+        .kvs
+        .into_iter()
+        .map(|pair| {
+            (
+                String::from_utf8_lossy(&pair.key).into_owned(),
+                String::from_utf8_lossy(&pair.value).into_owned(),
+            )
+        })
+        .collect())
+}
+
+/// A listed member: id, name, peer URLs, client URLs.
+pub type ListedMember = (u64, String, Vec<String>, Vec<String>);
+
+/// The members as the member at `client` lists them, in its order.
+pub async fn member_list(client: SocketAddr) -> Result<Vec<ListedMember>, String> {
+    let mut cluster = pb::cluster_client::ClusterClient::connect(addr_url(client))
+        .await
+        .map_err(|error| format!("connect: {error}"))?;
+    let members = cluster
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .map_err(|status| format!("member list: {status}"))?
+        .into_inner()
+        .members;
+    Ok(members
+        .into_iter()
+        .map(|member| {
+            (
+                member.id,
+                member.name,
+                member.peer_ur_ls,
+                member.client_ur_ls,
+            )
+        })
+        .collect())
+}
+
+/// Applies a put of `key` = `value` to `state`'s store (the applied index
+/// stays).
+pub fn put_key(state: &mut ReplicatedState, key: &[u8], value: &[u8]) {
+    state.store.apply(&InternalRequest {
+        request: Some(internal_request::Request::Put(pb::PutRequest {
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
+            ..pb::PutRequest::default()
+        })),
+    });
+}
+
+/// A state as of `index`, with one key, `at`, telling which: a file or an
+/// install of the wrong state shows in the image.
+pub fn state_at(index: u64) -> ReplicatedState {
+    let mut state = ReplicatedState {
+        applied_index: index,
+        ..ReplicatedState::default()
+    };
+    put_key(&mut state, b"at", index.to_string().as_bytes());
+    state
+}
+
+/// The state's image, the bytes a snapshot file holds.
+pub fn image(state: &ReplicatedState) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    state.write_image(&mut bytes).expect("image");
+    bytes
+}
+
+/// A conf change entry of term 1 at `index`, with no context (as the
+/// bootstrap entries are).
+pub fn conf_change(index: u64, change: ConfChangeKind, node_id: u64) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        kind: EntryKind::ConfChange,
+        data: ConfChange {
+            change,
+            node_id,
+            context: Bytes::new(),
+        }
+        .encode(),
+    }
+}
