@@ -313,14 +313,14 @@ async fn one_run(seed: u64) {
 }
 
 /// The crash-and-converge run for six seeds by default,
-/// `REVIEW_INSTALL_RUNS` for more; `RUST_LOG` shows the members' logs.
+/// `RAFTKV_CATCH_UP_CRASH_RUNS` for more; `RUST_LOG` shows the members' logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_crashed_while_catching_up_by_snapshot_restarts_and_converges() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let runs: u64 = std::env::var("REVIEW_INSTALL_RUNS")
+    let runs: u64 = std::env::var("RAFTKV_CATCH_UP_CRASH_RUNS")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(6);

@@ -162,10 +162,10 @@ async fn one_crash(seed: u64) {
 
 /// No acknowledged write is lost, and the member restarts, whatever step
 /// of writing, recording, purging or removing snapshots the power cut hit:
-/// eight seeds by default, `REVIEW_CRASH_RUNS` for more.
+/// eight seeds by default, `RAFTKV_POWER_CUT_RUNS` for more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_power_cut_at_any_point_of_snapshotting() {
-    let runs: u64 = std::env::var("REVIEW_CRASH_RUNS")
+    let runs: u64 = std::env::var("RAFTKV_POWER_CUT_RUNS")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(8);
