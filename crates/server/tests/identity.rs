@@ -23,12 +23,10 @@ use wal::crash_fs::CrashFs;
 
 /// The tests here rebind freed ports; run them one at a time so that one
 /// test's `bind(":0")` cannot take the port another is about to rebind.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 struct Member {
@@ -141,7 +139,7 @@ async fn put_succeeds(client: SocketAddr, within: Duration) -> Result<(), String
 /// not contain it, and never serve a write again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
-    let _serial = serial();
+    let _serial = serial().await;
     let fs = CrashFs::new();
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
@@ -187,7 +185,7 @@ async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
 /// from the data dir's identity record, not the flags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_another_cluster_token_keeps_the_member_working() {
-    let _serial = serial();
+    let _serial = serial().await;
     let fs = CrashFs::new();
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
@@ -279,7 +277,7 @@ async fn a_restart_with_the_same_initial_cluster_serves_writes() {
 }
 
 async fn two_members_restart_a(respell_b: bool) {
-    let _serial = serial();
+    let _serial = serial().await;
     let fs_a = CrashFs::new();
     let fs_b = CrashFs::new();
     let (client_a, peer_a, client_b, peer_b) =
