@@ -262,9 +262,11 @@ pub fn establish(
 
 /// An earlier raftkv hashed the URLs as written. Where that differs from
 /// today's derivation (a URL not in canonical form), the log tells which
-/// one the data dir was created with: the one whose member id its
-/// membership names. If it names neither (or both), the earlier derivation
-/// wins: it is what that version computed from these flags.
+/// one the data dir was created with: the one more of whose initial
+/// members' ids its membership names (this member's own id may be the same
+/// in both, when only a peer's URL is out of canonical form). On a tie the
+/// earlier derivation wins: it is what that version computed from these
+/// flags.
 fn adopt_legacy(
     config: &ResolvedConfig,
     current: MemberIdentity,
@@ -275,7 +277,14 @@ fn adopt_legacy(
         return current;
     }
     let named = ids_named_by(log);
-    if named.contains(&current.member_id) && !named.contains(&legacy.member_id) {
+    let score = |identity: &MemberIdentity| {
+        identity
+            .initial_members
+            .values()
+            .filter(|id| named.contains(id))
+            .count()
+    };
+    if score(&current) > score(&legacy) {
         current
     } else {
         legacy
@@ -628,5 +637,31 @@ mod tests {
         let established =
             establish(&fs, &flags, Some(&bootstrapped_log(&current_ids))).expect("establish");
         assert_eq!(established.identity, current);
+
+        // The same with only a peer's URL respelled: this member's own id is
+        // the same either way, the peers' ids tell.
+        let peer_respelled = config(
+            "a",
+            "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380/",
+            "t",
+        );
+        let canonical = config("a", CLUSTER, "t");
+        assert_eq!(peer_respelled.member_id, canonical.member_id);
+        assert_eq!(
+            MemberIdentity::legacy_from_config(&peer_respelled).member_id,
+            canonical.member_id
+        );
+        let canonical_ids: Vec<NodeId> = canonical.initial_members.iter().map(|m| m.id).collect();
+        let fs = CrashFs::new();
+        let established = establish(
+            &fs,
+            &peer_respelled,
+            Some(&bootstrapped_log(&canonical_ids)),
+        )
+        .expect("establish");
+        assert_eq!(
+            established.identity,
+            MemberIdentity::from_config(&canonical)
+        );
     }
 }
