@@ -45,11 +45,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use raft::Raft;
 use server::config::{InitialClusterState, ResolvedConfig, ServerConfig};
-use server::node::raft_config;
-use server::server::{bootstrap_raft, run, Listeners};
-use server::storage::{open_member_storage, MemberStorage};
+use server::server::{open_member, run, Listeners};
 
 #[derive(Parser)]
 #[command(
@@ -334,54 +331,20 @@ async fn run_member(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
-    let (storage, raft) = open_storage_and_raft(&config)?;
+    // The member's ids come from its data dir once it has one (see
+    // `server::identity`); `opened.config` carries them.
+    let opened = open_member(config, wal::DEFAULT_SEGMENT_BYTES)?;
     run(
-        config,
+        opened.config,
         listeners,
-        storage.log,
-        storage.snapshots,
-        storage.restored,
-        raft,
+        opened.storage.log,
+        opened.storage.snapshots,
+        opened.storage.restored,
+        opened.raft,
         shutdown,
     )
     .await?;
     Ok(())
-}
-
-/// Restarts from the data dir if it holds a log or a snapshot (bootstrap
-/// flags are then ignored), else bootstraps a new cluster.
-fn open_storage_and_raft(config: &ResolvedConfig) -> anyhow::Result<(MemberStorage, Raft)> {
-    let mut storage = open_member_storage(&config.data_dir, wal::DEFAULT_SEGMENT_BYTES)
-        .with_context(|| format!("opening the data dir {}", config.data_dir.display()))?;
-    let raft = match storage.initial.take() {
-        Some(initial) => {
-            tracing::info!(
-                data_dir = %config.data_dir.display(),
-                snapshot_index = initial.applied,
-                entries = initial.entries.len(),
-                term = initial.hard_state.term,
-                "restarting from the existing data dir; bootstrap flags are ignored"
-            );
-            Raft::new(
-                raft_config(
-                    config.member_id,
-                    config.heartbeat_interval_ms,
-                    config.election_timeout_ms,
-                    config.member_id ^ 0x5eed,
-                ),
-                initial,
-            )?
-        }
-        None => match config.initial_cluster_state {
-            InitialClusterState::New => bootstrap_raft(config)?,
-            InitialClusterState::Existing => anyhow::bail!(
-                "--initial-cluster-state=existing with an empty data dir {}: joining a running cluster \
-                 (member add) is not supported yet; start with --initial-cluster-state=new",
-                config.data_dir.display()
-            ),
-        },
-    };
-    Ok((storage, raft))
 }
 
 async fn run_dev(flags: DevFlags) -> anyhow::Result<()> {

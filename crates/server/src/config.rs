@@ -9,7 +9,7 @@
 //! never reads the process environment or arguments itself.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use raft::NodeId;
@@ -123,16 +123,27 @@ fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitialMember {
     pub name: String,
+    /// Derived from the URLs at first; on a restart, the id recorded in the
+    /// data dir for this name (see `identity.rs`).
     pub id: NodeId,
+    /// As written in `--initial-cluster`: the addresses to dial.
     pub peer_urls: Vec<String>,
 }
 
 /// A validated configuration, with addresses parsed and ids derived.
+///
+/// The ids derived here are what a *fresh* data dir will record. A member
+/// restarting on a data dir takes them from its identity record instead
+/// (`identity::establish` and `identity::MemberIdentity::apply_to`, which
+/// `server::open_member_on` runs before anything uses them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedConfig {
     pub name: String,
     pub member_id: NodeId,
     pub cluster_id: u64,
+    /// `--initial-cluster-token`, kept to re-derive ids as an older raftkv
+    /// did when adopting a data dir without an identity record.
+    pub initial_cluster_token: String,
     pub data_dir: PathBuf,
     pub listen_client_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
@@ -244,8 +255,13 @@ impl ServerConfig {
                 ),
             ));
         };
-        let mut mine: Vec<&String> = me.peer_urls.iter().collect();
-        let mut advertised: Vec<&String> = advertise_peer_urls.iter().collect();
+        // Compared as addresses, not spellings (`http://h:1` and `h:1/` are
+        // one URL).
+        let mut mine: Vec<String> = me.peer_urls.iter().map(|url| canonical_url(url)).collect();
+        let mut advertised: Vec<String> = advertise_peer_urls
+            .iter()
+            .map(|url| canonical_url(url))
+            .collect();
         mine.sort();
         advertised.sort();
         if mine != advertised {
@@ -264,6 +280,7 @@ impl ServerConfig {
             name: self.name.clone(),
             member_id,
             cluster_id,
+            initial_cluster_token: self.initial_cluster_token.clone(),
             data_dir: self
                 .data_dir
                 .clone()
@@ -373,7 +390,7 @@ pub fn parse_initial_cluster(text: &str, token: &str) -> Result<Vec<InitialMembe
     let mut seen_urls = BTreeSet::new();
     for member in &mut members {
         for url in &member.peer_urls {
-            if !seen_urls.insert(url.clone()) {
+            if !seen_urls.insert(canonical_url(url)) {
                 return Err(invalid(
                     "initial-cluster",
                     format!("peer URL {url} is listed twice"),
@@ -394,15 +411,64 @@ pub fn parse_initial_cluster(text: &str, token: &str) -> Result<Vec<InitialMembe
     Ok(members)
 }
 
-/// A member's id: a hash of its sorted peer URLs and the cluster token, so
-/// every member computes the same ids from the same `--initial-cluster`.
+/// A member's id: a hash of its sorted peer URLs, each in its
+/// [`canonical_url`] form, and the cluster token, so every member computes
+/// the same ids from the same `--initial-cluster` however it spells an
+/// address. (etcd hashes URLs as parsed and re-printed by Go's `net/url`,
+/// not the flag's raw text; it refuses a trailing slash, which raftkv
+/// accepts and so must ignore here.) For a URL already in canonical form
+/// (`http://127.0.0.1:2380`) this is the id earlier raftkv versions
+/// derived.
 pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let canonical: Vec<String> = peer_urls.iter().map(|url| canonical_url(url)).collect();
+    legacy_member_id(&canonical, token)
+}
+
+/// The id raftkv versions before the identity record derived: the same
+/// hash over the URLs exactly as written. Used only to adopt a data dir
+/// such a version created (see `identity.rs`).
+pub fn legacy_member_id(peer_urls: &[String], token: &str) -> NodeId {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     let mut text = urls.join(",");
     text.push('|');
     text.push_str(token);
     nonzero(fnv1a(text.as_bytes()))
+}
+
+/// One spelling per peer address, for deriving ids: `http://host:port`,
+/// with the scheme made explicit, a trailing slash dropped, the host in
+/// lower case (an IP address printed in its standard form) and the port as
+/// a number. Text that is not such a URL is returned unchanged (the
+/// configuration refuses it anyway, in [`parse_url`]).
+pub fn canonical_url(url: &str) -> String {
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(_) => return url.to_string(),
+        None => url,
+    };
+    let host_port = rest.trim_end_matches('/');
+    let Some((host, port)) = host_port.rsplit_once(':') else {
+        return url.to_string();
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return url.to_string();
+    };
+    if host.is_empty() || host.contains('/') {
+        return url.to_string();
+    }
+    let host = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        match inner.parse::<Ipv6Addr>() {
+            Ok(ip) => format!("[{ip}]"),
+            Err(_) => format!("[{}]", inner.to_ascii_lowercase()),
+        }
+    } else {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => host.to_ascii_lowercase(),
+        }
+    };
+    format!("http://{host}:{port}")
 }
 
 /// The cluster's id: a hash of its initial members' ids and the token.
@@ -482,6 +548,81 @@ mod tests {
             other_token.cluster_id, a.cluster_id,
             "the token separates clusters"
         );
+    }
+
+    #[test]
+    fn ids_follow_the_address_not_its_spelling() {
+        let token = "raftkv-cluster";
+        let plain = member_id(&["http://127.0.0.1:2380".to_string()], token);
+        for spelling in [
+            "http://127.0.0.1:2380/",
+            "127.0.0.1:2380",
+            "127.0.0.1:02380/",
+            "http://127.0.0.1:2380//",
+        ] {
+            assert_eq!(
+                member_id(&[spelling.to_string()], token),
+                plain,
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            canonical_url("HTTP://x:1"),
+            "HTTP://x:1",
+            "not a URL we take"
+        );
+        assert_eq!(
+            canonical_url("http://Node-1.Example:2380/"),
+            "http://node-1.example:2380"
+        );
+        assert_eq!(
+            canonical_url("http://[0:0:0:0:0:0:0:1]:2380"),
+            "http://[::1]:2380"
+        );
+        assert_ne!(
+            member_id(&["http://127.0.0.1:2381".to_string()], token),
+            plain,
+            "another port is another member"
+        );
+        // A canonical spelling derives what raftkv always derived, so data
+        // dirs and peers of earlier versions keep their ids.
+        assert_eq!(
+            plain,
+            legacy_member_id(&["http://127.0.0.1:2380".to_string()], token)
+        );
+
+        let respelled = ServerConfig {
+            initial_cluster: Some(
+                "m1=http://127.0.0.1:12380/,m2=127.0.0.1:22380,m3=http://127.0.0.1:32380"
+                    .to_string(),
+            ),
+            ..three_member("m1", 12380)
+        }
+        .resolve()
+        .expect("a trailing slash or a bare host:port is the same address");
+        let plain = three_member("m1", 12380).resolve().expect("valid");
+        assert_eq!(respelled.member_id, plain.member_id);
+        assert_eq!(respelled.cluster_id, plain.cluster_id);
+        let ids = |config: &ResolvedConfig| -> Vec<NodeId> {
+            config
+                .initial_members
+                .iter()
+                .map(|member| member.id)
+                .collect()
+        };
+        assert_eq!(ids(&respelled), ids(&plain));
+
+        let twice = ServerConfig {
+            initial_cluster: Some(
+                "m1=http://127.0.0.1:12380,m2=http://127.0.0.1:12380/".to_string(),
+            ),
+            ..three_member("m1", 12380)
+        };
+        assert!(twice
+            .resolve()
+            .expect_err("one address for two members")
+            .to_string()
+            .contains("listed twice"));
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! Layering: `node` (the raft and apply threads) knows only its own traits;
 //! `peer` (transport, inbound service, snapshot transfer) implements them;
 //! `services` (client API) talks to the node through its handle; `server`
-//! assembles a member.
+//! assembles a member; `identity` fixes its member and cluster id in the
+//! data dir at the first start.
 
 pub mod authority;
 pub mod config;
 pub mod convert;
 pub mod errors;
+pub mod identity;
 pub mod node;
 pub mod peer;
 pub mod server;

@@ -1,8 +1,11 @@
-//! Assembles a member: listeners, transport, node, services; runs until the
-//! shutdown future resolves, then stops accepting, lets in-flight requests
-//! finish and stops the node.
+//! Assembles a member: its data dir and identity ([`open_member`]), then
+//! listeners, transport, node, services; runs until the shutdown future
+//! resolves, then stops accepting, lets in-flight requests finish and stops
+//! the node.
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
@@ -13,18 +16,21 @@ use raft::Raft;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use wal::fs::{FileSystem, StdFs};
 use wal::SnapshotFiles;
 
 use tokio_stream::StreamExt as _;
 
 use crate::authority::AuthorityFix;
-use crate::config::ResolvedConfig;
+use crate::config::{InitialClusterState, ResolvedConfig};
+use crate::identity::{establish, IdentityError};
 use crate::node::{inbox, raft_config, LogStorage, Node, NodeOptions};
 use crate::peer::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX};
 use crate::services::{
     ClusterService, KvService, LeaseService, MaintenanceService, ServiceContext, WatchService,
 };
 use crate::state::{KvStateMachine, ReplicatedState, SharedState};
+use crate::storage::{open_member_storage_on, MemberStorage, StorageOpenError};
 
 /// How long in-flight client requests may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -47,6 +53,93 @@ pub enum ServerError {
     NodeFailed,
     #[error("storage: {0}")]
     Storage(String),
+    #[error("opening the data dir {}: {source}", data_dir.display())]
+    Open {
+        data_dir: PathBuf,
+        source: StorageOpenError,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(
+        "--initial-cluster-state=existing with an empty data dir {}: joining a running cluster \
+         (member add) is not supported yet; start with --initial-cluster-state=new",
+        data_dir.display()
+    )]
+    JoinUnsupported { data_dir: PathBuf },
+}
+
+/// A member's data dir, opened, with the identity it runs under.
+pub struct OpenedMember {
+    /// The configuration with the member's recorded ids (see
+    /// [`crate::identity`]): hand this one, not the flags' own, to [`run`].
+    pub config: ResolvedConfig,
+    pub storage: MemberStorage,
+    pub raft: Raft,
+}
+
+/// [`open_member_on`] on the real file system.
+pub fn open_member(
+    config: ResolvedConfig,
+    segment_bytes: u64,
+) -> Result<OpenedMember, ServerError> {
+    open_member_on(Arc::new(StdFs), config, segment_bytes)
+}
+
+/// Opens the member's data dir, settles its identity, and builds its Raft:
+/// restarted from the log and snapshot if the data dir holds any (the
+/// bootstrap flags are then ignored), else a new cluster bootstrapped from
+/// `--initial-cluster`.
+///
+/// The identity is settled before anything uses an id: on a fresh data dir
+/// the ids the flags derive are recorded durably first; on a restart the
+/// recorded ones replace the flags' (`identity::establish`).
+pub fn open_member_on(
+    fs: Arc<dyn FileSystem>,
+    config: ResolvedConfig,
+    segment_bytes: u64,
+) -> Result<OpenedMember, ServerError> {
+    let mut storage =
+        open_member_storage_on(fs.clone(), &config.data_dir, segment_bytes).map_err(|source| {
+            ServerError::Open {
+                data_dir: config.data_dir.clone(),
+                source,
+            }
+        })?;
+    let established = establish(fs.as_ref(), &config, storage.initial.as_ref())?;
+    let config = established.identity.apply_to(config);
+    let raft = match storage.initial.take() {
+        Some(initial) => {
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                snapshot_index = initial.applied,
+                entries = initial.entries.len(),
+                term = initial.hard_state.term,
+                "restarting from the existing data dir"
+            );
+            Raft::new(
+                raft_config(
+                    config.member_id,
+                    config.heartbeat_interval_ms,
+                    config.election_timeout_ms,
+                    config.member_id ^ 0x5eed,
+                ),
+                initial,
+            )?
+        }
+        None => match config.initial_cluster_state {
+            InitialClusterState::New => bootstrap_raft(&config)?,
+            InitialClusterState::Existing => {
+                return Err(ServerError::JoinUnsupported {
+                    data_dir: config.data_dir.clone(),
+                })
+            }
+        },
+    };
+    Ok(OpenedMember {
+        config,
+        storage,
+        raft,
+    })
 }
 
 /// Listeners bound before anything else, so a port conflict is reported at

@@ -1,10 +1,12 @@
-//! Adversarial review: a member restarted on its data dir with another
-//! `--initial-cluster`. The change says the flag "only gives the transport
-//! addresses" and the binary logs "bootstrap flags are ignored" on restart,
-//! but the member id and the cluster id are still derived from it on every
-//! start (nothing in the data dir records them). A respelled URL for the
-//! same address (a trailing slash) is enough to give the restarted member
-//! another identity: it starts, and it can never work again.
+//! A member restarted on its data dir with other bootstrap flags keeps the
+//! identity the data dir was created with (`server::identity`), and peers
+//! keep theirs: found by review, when the member id and the cluster id were
+//! still derived from the raw text of `--initial-cluster` on every start, so
+//! a respelled URL for the same address (a trailing slash) gave the
+//! restarted member another identity and it never worked again.
+//!
+//! Members start as the binary starts them, through
+//! `server::server::open_member_on`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,11 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::etcdserverpb as pb;
-use raft::Raft;
 use server::config::{ResolvedConfig, ServerConfig};
-use server::node::raft_config;
-use server::server::{bootstrap_raft, run, Listeners, ServerError};
-use server::storage::open_member_storage_on;
+use server::server::{open_member_on, run, Listeners, ServerError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,12 +23,10 @@ use wal::crash_fs::CrashFs;
 
 /// The tests here rebind freed ports; run them one at a time so that one
 /// test's `bind(":0")` cannot take the port another is about to rebind.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 struct Member {
@@ -55,6 +52,24 @@ fn config(
     advertise_peer: &str,
     initial_cluster: &str,
 ) -> ResolvedConfig {
+    config_with_token(
+        name,
+        client,
+        peer,
+        advertise_peer,
+        initial_cluster,
+        &ServerConfig::default().initial_cluster_token,
+    )
+}
+
+fn config_with_token(
+    name: &str,
+    client: &TcpListener,
+    peer: &TcpListener,
+    advertise_peer: &str,
+    initial_cluster: &str,
+    token: &str,
+) -> ResolvedConfig {
     ServerConfig {
         name: name.to_string(),
         data_dir: Some(Path::new("/data").join(name)),
@@ -62,6 +77,7 @@ fn config(
         listen_peer_urls: vec![url(peer)],
         initial_advertise_peer_urls: vec![advertise_peer.to_string()],
         initial_cluster: Some(initial_cluster.to_string()),
+        initial_cluster_token: token.to_string(),
         heartbeat_interval: 20,
         election_timeout: 200,
         ..ServerConfig::default()
@@ -71,30 +87,16 @@ fn config(
 }
 
 fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
-    let mut storage = open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, 1 << 20)
-        .expect("open storage");
-    let raft = match storage.initial.take() {
-        Some(initial) => Raft::new(
-            raft_config(
-                config.member_id,
-                config.heartbeat_interval_ms,
-                config.election_timeout_ms,
-                config.member_id,
-            ),
-            initial,
-        )
-        .expect("restart raft"),
-        None => bootstrap_raft(&config).expect("bootstrap"),
-    };
+    let opened = open_member_on(Arc::new(fs.clone()), config, 1 << 20).expect("open the member");
     let client = listeners.client[0].local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(
-        config,
+        opened.config,
         listeners,
-        storage.log,
-        storage.snapshots,
-        storage.restored,
-        raft,
+        opened.storage.log,
+        opened.storage.snapshots,
+        opened.storage.restored,
+        opened.raft,
         async move {
             let _ = stopped.await;
         },
@@ -130,17 +132,14 @@ async fn put_succeeds(client: SocketAddr, within: Duration) -> Result<(), String
     Err(last)
 }
 
-/// FINDING. A one-member cluster restarted with its own peer URL written
-/// with a trailing slash (the same address; the config parser accepts it)
-/// gets another member id. `open_member_storage_on` hands it the old
-/// member's log, hard state and vote, Raft runs under the new id in a
-/// configuration that does not contain it, and the data dir never serves a
-/// write again. Expected: the restart keeps the identity the data dir was
-/// created with (etcd reads it from the WAL), or refuses to start, naming
-/// the data dir.
+/// A one-member cluster restarted with its own peer URL written with a
+/// trailing slash (the same address; the config parser accepts it) keeps
+/// its member id, and serves writes on its old log. (Found by review: it
+/// used to get another id, run Raft under it in a configuration that did
+/// not contain it, and never serve a write again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
-    let _serial = serial();
+async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
+    let _serial = serial().await;
     let fs = CrashFs::new();
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
@@ -181,25 +180,104 @@ async fn review_a_restart_with_a_respelled_initial_cluster_keeps_the_member_work
     );
 }
 
-/// FINDING. Members a and b; a is restarted with b's peer URL respelled
-/// (trailing slash, same address). The cluster id and b's id are recomputed
-/// from the flag, so a and b refuse each other's handshakes from then on
-/// and the two-member cluster has no quorum. Expected: the restart ignores
-/// the bootstrap flag's ids (or refuses to start).
+/// A one-member cluster restarted with another `--initial-cluster-token`
+/// (from which every id derives) keeps its member and cluster id: they come
+/// from the data dir's identity record, not the flags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_restart_with_another_spelling_of_a_peer_keeps_the_cluster_id() {
+async fn a_restart_with_another_cluster_token_keeps_the_member_working() {
+    let _serial = serial().await;
+    let fs = CrashFs::new();
+    let (client, peer) = (bind().await, bind().await);
+    let peer_url = url(&peer);
+    let first = config("a", &client, &peer, &peer_url, &format!("a={peer_url}"));
+    let (first_id, first_cluster) = (first.member_id, first.cluster_id);
+    let member = start(
+        first,
+        &fs,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    put_succeeds(member.client, Duration::from_secs(20))
+        .await
+        .expect("the first run serves writes");
+    let ids = reported_ids(member.client).await;
+    assert_eq!(ids, (first_cluster, first_id));
+    stop(member).await;
+
+    let (client, peer) = (bind().await, bind().await);
+    let peer_url = url(&peer);
+    let second = config_with_token(
+        "a",
+        &client,
+        &peer,
+        &peer_url,
+        &format!("a={peer_url}"),
+        "another-token",
+    );
+    assert_ne!(
+        second.member_id, first_id,
+        "the flags alone derive another id"
+    );
+    let member = start(
+        second,
+        &fs,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    let outcome = put_succeeds(member.client, Duration::from_secs(15)).await;
+    let ids = reported_ids(member.client).await;
+    stop(member).await;
+    assert!(
+        outcome.is_ok(),
+        "the restarted member serves writes: {outcome:?}"
+    );
+    assert_eq!(
+        ids,
+        (first_cluster, first_id),
+        "the restarted member reports the ids its data dir was created with"
+    );
+}
+
+/// (cluster id, member id) from a member's status.
+async fn reported_ids(client: SocketAddr) -> (u64, u64) {
+    let mut maintenance =
+        pb::maintenance_client::MaintenanceClient::connect(format!("http://{client}"))
+            .await
+            .expect("connect");
+    let header = maintenance
+        .status(pb::StatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner()
+        .header
+        .expect("a response header");
+    (header.cluster_id, header.member_id)
+}
+
+/// Members a and b; a is restarted with b's peer URL respelled (trailing
+/// slash, same address). The cluster id and b's id stay what they were (a
+/// takes them from its data dir, and b's URL derives its id in canonical
+/// form), so a and b still accept each other's handshakes and the cluster
+/// serves writes. (Found by review: both used to be recomputed from the
+/// flag's text, and the two-member cluster lost its quorum for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_another_spelling_of_a_peer_keeps_the_cluster_id() {
     two_members_restart_a(true).await;
 }
 
 /// Control for the test above: the same restart with the flag unchanged
 /// serves writes (so the harness, rebinding a's peer port, is not at fault).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_control_a_restart_with_the_same_initial_cluster_serves_writes() {
+async fn a_restart_with_the_same_initial_cluster_serves_writes() {
     two_members_restart_a(false).await;
 }
 
 async fn two_members_restart_a(respell_b: bool) {
-    let _serial = serial();
+    let _serial = serial().await;
     let fs_a = CrashFs::new();
     let fs_b = CrashFs::new();
     let (client_a, peer_a, client_b, peer_b) =
