@@ -330,6 +330,14 @@ pub fn parse_url(setting: &'static str, url: &str) -> Result<SocketAddr, ConfigE
         None => url,
     };
     let host_port = host_port.trim_end_matches('/');
+    if let Some((host, _)) = host_port.rsplit_once(':') {
+        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(invalid(
+                setting,
+                format!("{url:?}: an IPv6 address needs brackets, e.g. http://[::1]:2380"),
+            ));
+        }
+    }
     if host_port.contains('/') {
         return Err(invalid(
             setting,

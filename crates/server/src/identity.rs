@@ -72,6 +72,20 @@ pub enum IdentityError {
         path.display()
     )]
     Damaged { path: PathBuf, reason: String },
+    /// `--name` names another initial member than the one this data dir
+    /// belongs to: starting would give two members one id.
+    #[error(
+        "{}: this data dir belongs to member {recorded_id:x}, but --name {name:?} is member \
+         {named_id:x} in the recorded initial cluster; start it with that member's name, or use \
+         another data dir",
+        path.display()
+    )]
+    OtherMember {
+        path: PathBuf,
+        name: String,
+        named_id: NodeId,
+        recorded_id: NodeId,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
@@ -200,6 +214,16 @@ pub fn establish(
     let path = identity_path(&config.data_dir);
     let from_flags = MemberIdentity::from_config(config);
     if let Some(recorded) = read(fs, &config.data_dir)? {
+        if let Some(&named_id) = recorded.initial_members.get(&config.name) {
+            if named_id != recorded.member_id {
+                return Err(IdentityError::OtherMember {
+                    path,
+                    name: config.name.clone(),
+                    named_id,
+                    recorded_id: recorded.member_id,
+                });
+            }
+        }
         tracing::info!(
             record = %path.display(),
             member_id = format!("{:x}", recorded.member_id),

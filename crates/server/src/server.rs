@@ -105,6 +105,13 @@ pub fn open_member_on(
                 source,
             }
         })?;
+    // Refused before anything is recorded: a corrected restart must get the
+    // ids its own flags derive.
+    if storage.initial.is_none() && config.initial_cluster_state == InitialClusterState::Existing {
+        return Err(ServerError::JoinUnsupported {
+            data_dir: config.data_dir.clone(),
+        });
+    }
     let established = establish(fs.as_ref(), &config, storage.initial.as_ref())?;
     let config = established.identity.apply_to(config);
     let raft = match storage.initial.take() {
