@@ -688,4 +688,31 @@ mod tests {
             MemberIdentity::from_config(&canonical)
         );
     }
+
+    /// review4: a legacy data dir created with canonical URLs, whose log
+    /// names only a and b (c was removed and compacted away), adopted by a
+    /// start whose flags spell the departed c's URL with a trailing slash.
+    /// The earlier raftkv derived every id from canonical text, so the
+    /// cluster id it ran under is today's; the tie rule picks the legacy
+    /// derivation and records a cluster id no peer has.
+    #[test]
+    fn review_a_tie_on_a_departed_peers_respelled_url_picks_a_cluster_id_nobody_has() {
+        let canonical = config(
+            "a",
+            "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380,c=http://127.0.0.1:32380",
+            "t",
+        );
+        let respelled = config(
+            "a",
+            "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380,c=http://127.0.0.1:32380/",
+            "t",
+        );
+        let log = bootstrapped_log(&[
+            canonical.initial_members[0].id,
+            canonical.initial_members[1].id,
+        ]);
+        let fs = CrashFs::new();
+        let established = establish(&fs, &respelled, Some(&log)).expect("establish");
+        assert_eq!(established.identity.cluster_id, canonical.cluster_id);
+    }
 }
