@@ -486,6 +486,12 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
                 let _ = done.send(Err(error.clone()));
             }
         }
+        // Writes too: their clients hear `server stopped` now rather than a
+        // timeout later (both leave the outcome unknown).
+        self.waiters.fail_all(&error);
+        for (_, done) in self.proposed_conf_changes.drain(..) {
+            let _ = done.send(Err(error.clone()));
+        }
     }
 
     fn publish_status(&self) {

@@ -150,6 +150,16 @@ impl Waiters {
         }
     }
 
+    /// Fails every waiter with `error` (the node stops: whatever was
+    /// proposed may still apply elsewhere, so the error must not say "not
+    /// applied").
+    pub(crate) fn fail_all(&self, error: &NodeError) {
+        let waiting = std::mem::take(&mut self.lock().by_request);
+        for (_, done) in waiting {
+            let _ = done.send(Err(error.clone()));
+        }
+    }
+
     /// Waiting now, and the most there ever were.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let waiting = self.lock();

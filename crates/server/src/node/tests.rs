@@ -650,6 +650,22 @@ fn a_proposal_dropped_before_its_answer_gives_back_its_place() {
     assert_eq!(cluster.member(1).state_machine.applied.len(), 1);
 }
 
+/// A node that stops answers its waiting writes `server stopped` at once
+/// (outcome unknown, as a timeout would be) instead of leaving them to time
+/// out.
+#[test]
+fn a_stopping_node_answers_its_waiting_writes_server_stopped() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.isolate(1);
+    let mut pending = cluster.member(1).propose("never committed");
+    cluster.member(1).pump();
+    assert!(pending.try_result().is_none());
+    cluster.member(1).input.try_send(Input::Stop).expect("room");
+    cluster.member(1).pump();
+    assert_eq!(pending.try_result(), Some(Err(NodeError::Stopped)));
+}
+
 /// A follower's ReadIndex request lost on the way to the leader is never
 /// answered; once its reader left, the driver forgets it.
 #[test]
