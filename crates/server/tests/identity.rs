@@ -8,18 +8,19 @@
 //! Members start as the binary starts them, through
 //! `server::server::open_member_on`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::etcdserverpb as pb;
 use server::config::{ResolvedConfig, ServerConfig};
-use server::server::{open_member_on, run, Listeners, ServerError};
+use server::server::Listeners;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use wal::crash_fs::CrashFs;
+
+use common::{bind, url, Member};
 
 /// The tests here rebind freed ports; run them one at a time so that one
 /// test's `bind(":0")` cannot take the port another is about to rebind.
@@ -27,22 +28,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
-}
-
-struct Member {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-    client: SocketAddr,
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback")
-}
-
-fn url(listener: &TcpListener) -> String {
-    format!("http://{}", listener.local_addr().expect("addr"))
 }
 
 fn config(
@@ -86,22 +71,11 @@ fn config_with_token(
     .expect("valid config")
 }
 
+/// Segments as the binary's default would make them in a test this size.
+const SEGMENT_BYTES: u64 = 1 << 20;
+
 fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
-    let opened = open_member_on(Arc::new(fs.clone()), config, 1 << 20).expect("open the member");
-    let client = listeners.client[0].local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(
-        opened.config,
-        listeners,
-        opened.storage.log,
-        opened.storage.snapshots,
-        opened.storage.restored,
-        opened.raft,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Member { stop, task, client }
+    common::start(config, fs, SEGMENT_BYTES, listeners)
 }
 
 async fn stop(member: Member) {

@@ -13,12 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proto::etcdserverpb as pb;
 use proto::internal::{internal_request, InternalRequest};
-use raft::{ConfChange, ConfChangeKind, Entry, EntryKind, Raft};
+use raft::{ConfChange, ConfChangeKind, Entry, EntryKind};
 use server::config::{ResolvedConfig, ServerConfig};
-use server::node::raft_config;
-use server::server::{bootstrap_raft, run, Listeners, ServerError};
+use server::server::{open_member_on, run, Listeners, ServerError};
 use server::state::ReplicatedState;
-use server::storage::open_member_storage_on;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -84,27 +82,12 @@ pub fn start(
     segment_bytes: u64,
     listeners: Listeners,
 ) -> Member {
-    let mut storage =
-        match open_member_storage_on(Arc::new(fs.clone()), &config.data_dir, segment_bytes) {
-            Ok(storage) => storage,
-            Err(error) => panic!(
-                "member {} refused to open its data dir: {error}",
-                config.name
-            ),
-        };
-    let raft = match storage.initial.take() {
-        Some(initial) => Raft::new(
-            raft_config(
-                config.member_id,
-                config.heartbeat_interval_ms,
-                config.election_timeout_ms,
-                config.member_id,
-            ),
-            initial,
-        )
-        .expect("restart raft"),
-        None => bootstrap_raft(&config).expect("bootstrap"),
+    let name = config.name.clone();
+    let opened = match open_member_on(Arc::new(fs.clone()), config, segment_bytes) {
+        Ok(opened) => opened,
+        Err(error) => panic!("member {name} refused to open its data dir: {error}"),
     };
+    let (config, storage, raft) = (opened.config, opened.storage, opened.raft);
     let client = listeners.client[0].local_addr().expect("addr");
     let snapshots = storage.snapshots.clone();
     let (stop, stopped) = oneshot::channel::<()>();
