@@ -74,7 +74,12 @@ fn config_with_token(
 /// Segments as the binary's default would make them in a test this size.
 const SEGMENT_BYTES: u64 = 1 << 20;
 
-fn start(config: ResolvedConfig, fs: &CrashFs, listeners: Listeners) -> Member {
+/// Starts a member on one client and one peer listener.
+fn start(config: ResolvedConfig, fs: &CrashFs, client: TcpListener, peer: TcpListener) -> Member {
+    let listeners = Listeners {
+        client: vec![client],
+        peer: vec![peer],
+    };
     common::start(config, fs, SEGMENT_BYTES, listeners)
 }
 
@@ -119,14 +124,7 @@ async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
     let peer_url = url(&peer);
     let first = config("a", &client, &peer, &peer_url, &format!("a={peer_url}"));
     let first_id = first.member_id;
-    let member = start(
-        first,
-        &fs,
-        Listeners {
-            client: vec![client],
-            peer: vec![peer],
-        },
-    );
+    let member = start(first, &fs, client, peer);
     put_succeeds(member.client, Duration::from_secs(20))
         .await
         .expect("the first run serves writes");
@@ -136,14 +134,7 @@ async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
     let respelled = format!("{peer_url}/");
     let second = config("a", &client, &peer, &respelled, &format!("a={respelled}"));
     let second_id = second.member_id;
-    let member = start(
-        second,
-        &fs,
-        Listeners {
-            client: vec![client],
-            peer: vec![peer],
-        },
-    );
+    let member = start(second, &fs, client, peer);
     let outcome = put_succeeds(member.client, Duration::from_secs(15)).await;
     stop(member).await;
     assert!(
@@ -165,14 +156,7 @@ async fn a_restart_with_another_cluster_token_keeps_the_member_working() {
     let peer_url = url(&peer);
     let first = config("a", &client, &peer, &peer_url, &format!("a={peer_url}"));
     let (first_id, first_cluster) = (first.member_id, first.cluster_id);
-    let member = start(
-        first,
-        &fs,
-        Listeners {
-            client: vec![client],
-            peer: vec![peer],
-        },
-    );
+    let member = start(first, &fs, client, peer);
     put_succeeds(member.client, Duration::from_secs(20))
         .await
         .expect("the first run serves writes");
@@ -194,14 +178,7 @@ async fn a_restart_with_another_cluster_token_keeps_the_member_working() {
         second.member_id, first_id,
         "the flags alone derive another id"
     );
-    let member = start(
-        second,
-        &fs,
-        Listeners {
-            client: vec![client],
-            peer: vec![peer],
-        },
-    );
+    let member = start(second, &fs, client, peer);
     let outcome = put_succeeds(member.client, Duration::from_secs(15)).await;
     let ids = reported_ids(member.client).await;
     stop(member).await;
@@ -261,22 +238,8 @@ async fn two_members_restart_a(respell_b: bool) {
     let config_a = config("a", &client_a, &peer_a, &url_a, &cluster);
     let config_b = config("b", &client_b, &peer_b, &url_b, &cluster);
     let cluster_id = config_a.cluster_id;
-    let member_a = start(
-        config_a,
-        &fs_a,
-        Listeners {
-            client: vec![client_a],
-            peer: vec![peer_a],
-        },
-    );
-    let member_b = start(
-        config_b,
-        &fs_b,
-        Listeners {
-            client: vec![client_b],
-            peer: vec![peer_b],
-        },
-    );
+    let member_a = start(config_a, &fs_a, client_a, peer_a);
+    let member_b = start(config_b, &fs_b, client_b, peer_b);
     put_succeeds(member_a.client, Duration::from_secs(20))
         .await
         .expect("the cluster serves writes");
@@ -294,14 +257,7 @@ async fn two_members_restart_a(respell_b: bool) {
     };
     let second = config("a", &client_a, &peer_a, &url_a, &respelled);
     let second_cluster_id = second.cluster_id;
-    let member_a = start(
-        second,
-        &fs_a,
-        Listeners {
-            client: vec![client_a],
-            peer: vec![peer_a],
-        },
-    );
+    let member_a = start(second, &fs_a, client_a, peer_a);
     let outcome = put_succeeds(member_a.client, Duration::from_secs(15)).await;
     stop(member_a).await;
     stop(member_b).await;
