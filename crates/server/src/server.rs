@@ -353,13 +353,18 @@ pub async fn run<L: LogStorage>(
             .is_err()
         {
             server.abort();
+            let _ = server.await;
         }
     }
     // Stop the node (syncing what it has) on a blocking thread: it joins the
     // raft and apply threads.
     let _ = tokio::task::spawn_blocking(move || node.stop()).await;
+    // Awaiting an aborted task returns once it is dropped, so the
+    // listeners are closed (their ports free to bind again) when this
+    // returns.
     for server in peer_servers {
         server.abort();
+        let _ = server.await;
     }
     tracing::info!(name = config.name, "raftkv member stopped");
     if node_failed {

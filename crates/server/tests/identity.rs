@@ -247,9 +247,13 @@ async fn two_members_restart_a(respell_b: bool) {
 
     // a comes back on its old peer address (b dials it there).
     let client_a = bind().await;
-    let peer_a = TcpListener::bind(url_a.trim_start_matches("http://"))
-        .await
-        .expect("rebind a's peer address");
+    let peer_a = common::rebind(
+        url_a
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a's peer address"),
+    )
+    .await;
     let respelled = if respell_b {
         format!("a={url_a},b={url_b}/")
     } else {

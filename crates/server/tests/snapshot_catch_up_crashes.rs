@@ -46,24 +46,11 @@ fn config(
     .expect("valid config")
 }
 
-async fn listen(addr: SocketAddr) -> TcpListener {
-    let started = Instant::now();
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return listener,
-            Err(error) => {
-                assert!(started.elapsed() < DEADLINE, "rebind {addr}: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// Starts (or restarts) the member on the addresses its config names.
 async fn start(config: ResolvedConfig, fs: &CrashFs) -> Member {
     let listeners = Listeners {
-        client: vec![listen(config.listen_client_addrs[0]).await],
-        peer: vec![listen(config.listen_peer_addrs[0]).await],
+        client: vec![common::rebind(config.listen_client_addrs[0]).await],
+        peer: vec![common::rebind(config.listen_peer_addrs[0]).await],
     };
     common::start(config, fs, SEGMENT_BYTES, listeners)
 }

@@ -34,6 +34,24 @@ pub struct Member {
     pub snapshots: SnapshotFiles,
 }
 
+/// A listener on `addr` again once a stopped member let go of it (a port
+/// can stay busy for a moment after its owner closed it).
+pub async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "rebind {addr}: {error}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A listener on a free loopback port.
 pub async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
