@@ -252,6 +252,7 @@ async fn two_members_restart_a(respell_b: bool) {
             .trim_start_matches("http://")
             .parse()
             .expect("a's peer address"),
+        Duration::from_secs(40),
     )
     .await;
     let respelled = if respell_b {

@@ -49,8 +49,8 @@ fn config(
 /// Starts (or restarts) the member on the addresses its config names.
 async fn start(config: ResolvedConfig, fs: &CrashFs) -> Member {
     let listeners = Listeners {
-        client: vec![common::rebind(config.listen_client_addrs[0]).await],
-        peer: vec![common::rebind(config.listen_peer_addrs[0]).await],
+        client: vec![common::rebind(config.listen_client_addrs[0], DEADLINE).await],
+        peer: vec![common::rebind(config.listen_peer_addrs[0], DEADLINE).await],
     };
     common::start(config, fs, SEGMENT_BYTES, listeners)
 }

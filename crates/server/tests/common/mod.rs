@@ -34,10 +34,11 @@ pub struct Member {
     pub snapshots: SnapshotFiles,
 }
 
-/// A listener on `addr` again once a stopped member let go of it (a port
-/// can stay busy for a moment after its owner closed it).
-pub async fn rebind(addr: SocketAddr) -> TcpListener {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+/// A listener on `addr` again once a stopped (or crashed) member let go of
+/// it, waiting up to `within`: a port can stay busy for a while after its
+/// owner is gone.
+pub async fn rebind(addr: SocketAddr, within: std::time::Duration) -> TcpListener {
+    let deadline = std::time::Instant::now() + within;
     loop {
         match TcpListener::bind(addr).await {
             Ok(listener) => return listener,
