@@ -45,8 +45,20 @@ pub struct ServiceContext {
     pub quota_backend_bytes: u64,
 }
 
-fn apply_error_status(error: &kv::ApplyError) -> Status {
+fn apply_error_status(error: &mvcc::ApplyError) -> Status {
     Status::new(Code::from_i32(error.grpc_code), error.message)
+}
+
+/// A read refused with etcd's error, or failed in the engine (internal: the
+/// data on disk could not be read).
+fn read_error_status(error: &mvcc::ReadError) -> Status {
+    match error {
+        mvcc::ReadError::Refused(refusal) => apply_error_status(refusal),
+        mvcc::ReadError::Engine(engine) => {
+            tracing::error!(error = %engine, "reading the engine failed");
+            Status::internal(format!("reading the state: {engine}"))
+        }
+    }
 }
 
 impl ServiceContext {
@@ -75,7 +87,7 @@ impl ServiceContext {
         let request = InternalRequest {
             request: Some(request),
         };
-        kv::validate_request(&request, self.max_txn_ops)
+        mvcc::validate_request(&request, self.max_txn_ops)
             .map_err(|error| apply_error_status(&error))?;
         let payload = Bytes::from(request.encode_to_vec());
         let result = self
@@ -114,7 +126,7 @@ impl pb::kv_server::Kv for KvService {
         let request = request.into_inner();
         let context = &self.0;
         context.check_size(request.encoded_len())?;
-        kv::validate_range(&request).map_err(|error| apply_error_status(&error))?;
+        mvcc::validate_range(&request).map_err(|error| apply_error_status(&error))?;
         if !request.serializable && context.unsafe_local_reads {
             // The test-only broken read: everything this member knows to be
             // committed, without asking whether it still leads. A current
@@ -141,7 +153,7 @@ impl pb::kv_server::Kv for KvService {
         let mut response = state
             .store
             .range(&request)
-            .map_err(|error| apply_error_status(&error))?;
+            .map_err(|error| read_error_status(&error))?;
         let revision = response.header.as_ref().map_or(0, |header| header.revision);
         response.header = Some(context.header(revision));
         Ok(Response::new(response))
@@ -262,18 +274,20 @@ stamped!(
 );
 
 impl ServiceContext {
-    /// Refuses a write that adds data once the store is at its quota, as
-    /// etcd does (ResourceExhausted). Deletes and compaction, which free
-    /// space, still go through. Unlike etcd there is no alarm to disarm: the
-    /// refusal ends as soon as the store is below its quota again.
+    /// Refuses a write that adds data once the engine's files on disk are
+    /// at the quota, as etcd does with its database file (ResourceExhausted,
+    /// `etcdserver: mvcc: database space exceeded`). Deletes and compaction,
+    /// which free space once the engine compacts its files, still go
+    /// through. Unlike etcd there is no alarm to disarm: the refusal ends as
+    /// soon as the engine is below its quota again.
     fn check_quota(&self) -> Result<(), Status> {
-        let stored = self
+        let on_disk = self
             .state
             .read()
             .map_err(|error| Status::internal(error.to_string()))?
             .store
-            .stored_bytes();
-        if stored >= self.quota_backend_bytes {
+            .disk_bytes();
+        if on_disk >= self.quota_backend_bytes {
             return Err(errors::NO_SPACE.status());
         }
         Ok(())
@@ -318,7 +332,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .state
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
-        let db_size = state.store.stored_bytes() as i64;
+        // etcd: the database file's size, and the part of it holding data;
+        // here the engine's files, and the bytes of the versions it keeps.
+        let db_size = state.store.disk_bytes() as i64;
+        let db_size_in_use = state.store.stored_bytes() as i64;
         Ok(Response::new(pb::StatusResponse {
             header: Some(context.header(state.store.current_revision())),
             version: context.version.to_string(),
@@ -328,7 +345,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_term: status.term,
             raft_applied_index: state.applied_index,
             errors: Vec::new(),
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner: false,
         }))
     }
@@ -354,7 +371,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let (hash, _) = state
             .store
             .hash_kv(0)
-            .map_err(|error| apply_error_status(&error))?;
+            .map_err(|error| read_error_status(&error))?;
         Ok(Response::new(pb::HashResponse {
             header: Some(context.header(state.store.current_revision())),
             hash,
@@ -376,7 +393,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let (hash, compact_revision) = state
             .store
             .hash_kv(revision)
-            .map_err(|error| apply_error_status(&error))?;
+            .map_err(|error| read_error_status(&error))?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(context.header(state.store.current_revision())),
             hash,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, SnapshotJob, StateMachine,
+    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, StateMachine,
     StorageError,
 };
 use server::peer::{LocalIdentity, PeerService, Transport};
@@ -76,9 +76,6 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
-    fn snapshot_job(&mut self, _snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        Ok(Box::new(|_| Ok(())))
-    }
 
     fn applied_index(&self) -> u64 {
         self.applied_index

@@ -13,7 +13,7 @@ use proto::etcdserverpb as pb;
 use proto::etcdserverpb::kv_server::Kv;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    inbox, raft_config, LogStorage, Node, NodeOptions, SnapshotJob, StateMachine, StorageError,
+    inbox, raft_config, LogStorage, Node, NodeOptions, StateMachine, StorageError,
     APPLY_GAP_MAX, INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX,
 };
 use server::peer::{LocalIdentity, Transport};
@@ -78,9 +78,6 @@ impl StateMachine for SlowApply {
         self.0.install_snapshot(snapshot)
     }
 
-    fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        self.0.snapshot_job(snapshot)
-    }
 
     fn applied_index(&self) -> u64 {
         self.0.applied_index()

@@ -54,7 +54,7 @@ pub use load::{
     PENDING_PROPOSALS_MAX, PENDING_READS_MAX,
 };
 pub use ports::{
-    ImageFixed, LogStorage, Outbox, PeerEvent, SnapshotJob, SnapshotSend, StateMachine,
+    LogStorage, Outbox, PeerEvent, SnapshotSend, StateMachine,
     StorageError,
 };
 pub use proposal::RequestId;
@@ -163,8 +163,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             raft_input: input.clone(),
             snapshot_count: options.snapshot_count,
             last_snapshot_index: applied,
-            applied_term: 0,
-            snapshot_writer: None,
+            handed_out: (applied, 0),
             load: load.clone(),
         };
         let driver = Driver {

@@ -14,7 +14,7 @@ use super::driver::{Driver, Flow};
 use super::inbox::{Input, InputReceiver, InputSender};
 use super::load::{INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX};
 use super::ports::{
-    LogStorage, Outbox, PeerEvent, SnapshotJob, SnapshotSend, StateMachine, StorageError,
+    LogStorage, Outbox, PeerEvent, SnapshotSend, StateMachine, StorageError,
 };
 use super::proposal::{unframe_proposal, ProposalResult, RequestId};
 use super::{inbox, raft_config, NodeError, NodeHandle, NodeOptions, Parts, PendingProposal};
@@ -76,9 +76,6 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
-    fn snapshot_job(&mut self, _snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        Ok(Box::new(|_| Ok(())))
-    }
 
     fn applied_index(&self) -> u64 {
         self.applied_index
