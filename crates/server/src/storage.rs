@@ -190,7 +190,10 @@ pub fn open_member_storage_on(
         }
     }
     let legacy_snapshots = legacy_snapshot_dir(data_dir);
-    if std::fs::read_dir(&legacy_snapshots).is_ok_and(|mut entries| entries.next().is_some()) {
+    if fs
+        .list_dir(&legacy_snapshots)
+        .is_ok_and(|names| !names.is_empty())
+    {
         return Err(inconsistent(
             &legacy_snapshots,
             "holds whole-state snapshot files of an earlier raftkv, which kept its state in \
@@ -202,7 +205,7 @@ pub fn open_member_storage_on(
         &wal_dir(data_dir),
         WalOptions {
             segment_bytes,
-            fs,
+            fs: fs.clone(),
             ..WalOptions::default()
         },
     )?;

@@ -74,6 +74,22 @@ impl StateMachine for SlowApply {
         self.0.apply_conf_change(entry)
     }
 
+    fn reflects(&self, index: u64) -> bool {
+        self.0.reflects(index)
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        self.0.commit()
+    }
+
+    fn persist(&mut self) -> Result<(), StorageError> {
+        self.0.persist()
+    }
+
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError> {
+        self.0.install_received(snapshot)
+    }
+
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
         self.0.install_snapshot(snapshot)
     }

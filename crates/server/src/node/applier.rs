@@ -77,16 +77,30 @@ impl Applier {
             term,
             conf_state: conf_state.clone(),
         };
-        // The raft thread may itself be waiting for room in the apply
-        // queue: never block this thread on its input queue.
-        let raft_input = self.raft_input.clone();
-        std::thread::Builder::new()
-            .name("raftkv-snapshot".to_string())
-            .spawn(move || {
-                let _ = raft_input.blocking_send(Input::SnapshotTaken(snapshot));
-            })
-            .map_err(|error| StorageError(format!("spawning the snapshot reporter: {error}")))?;
-        Ok(())
+        self.tell_raft(Input::SnapshotTaken(snapshot))
+    }
+
+    /// Queues `input` for the raft thread. That thread may itself be
+    /// waiting for room in the apply queue, so this one never blocks on a
+    /// full input queue: a thread of its own waits for room instead.
+    fn tell_raft(&self, input: Input) -> Result<(), StorageError> {
+        match self.raft_input.try_send(input) {
+            Ok(()) => Ok(()),
+            // The node is stopping: nothing more to tell.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(input)) => {
+                let raft_input = self.raft_input.clone();
+                std::thread::Builder::new()
+                    .name("raftkv-apply-report".to_string())
+                    .spawn(move || {
+                        let _ = raft_input.blocking_send(input);
+                    })
+                    .map(|_| ())
+                    .map_err(|error| {
+                        StorageError(format!("spawning a thread to report to Raft: {error}"))
+                    })
+            }
+        }
     }
 
     /// Installs a snapshot the peer side received, then lets Raft see its
@@ -104,14 +118,7 @@ impl Applier {
         }
         self.applied.send_replace(state_machine.applied_index());
         self.load.set_applied(state_machine.applied_index());
-        let raft_input = self.raft_input.clone();
-        std::thread::Builder::new()
-            .name("raftkv-snapshot".to_string())
-            .spawn(move || {
-                let _ = raft_input.blocking_send(Input::Peer(PeerEvent::Received(message)));
-            })
-            .map_err(|error| StorageError(format!("spawning the snapshot reporter: {error}")))?;
-        Ok(())
+        self.tell_raft(Input::Peer(PeerEvent::Received(message)))
     }
 
     pub(crate) fn apply_batch<S: StateMachine>(

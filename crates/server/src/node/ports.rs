@@ -39,9 +39,7 @@ pub trait LogStorage: Send + 'static {
 pub trait StateMachine: Send + 'static {
     /// Whether the state already reflects entry `index`: the applier then
     /// skips it (its result is not known here).
-    fn reflects(&self, _index: u64) -> bool {
-        false
-    }
+    fn reflects(&self, index: u64) -> bool;
     /// Applies the payload of one committed normal entry (at `index`, of
     /// `term`); returns what the proposer waits for (if it is on this member).
     /// `payload` shares the entry's buffer.
@@ -52,22 +50,16 @@ pub trait StateMachine: Send + 'static {
     /// the stored state, together with the applied index. Called once per
     /// batch of entries, before any proposer of them is answered. Not
     /// durable by itself ([`StateMachine::persist`] is).
-    fn commit(&mut self) -> Result<(), StorageError> {
-        Ok(())
-    }
+    fn commit(&mut self) -> Result<(), StorageError>;
     /// Makes every committed step durable, so the log up to the applied
     /// index may be dropped.
-    fn persist(&mut self) -> Result<(), StorageError> {
-        Ok(())
-    }
+    fn persist(&mut self) -> Result<(), StorageError>;
     /// A snapshot from the leader was received and stored aside (by the
     /// peer side) for the Raft message `snapshot` describes: make it the
     /// state, before Raft sees the message, so that the log never records
     /// a snapshot the state does not hold. False if nothing matching was
     /// stored (a newer transfer replaced it): the message is then dropped.
-    fn install_received(&mut self, _snapshot: &SnapshotMetadata) -> Result<bool, StorageError> {
-        Ok(true)
-    }
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError>;
     /// Raft recorded the snapshot `snapshot` (the log before it is gone):
     /// the state must hold at least that index.
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;

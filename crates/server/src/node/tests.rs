@@ -52,8 +52,10 @@ impl LogStorage for MemoryLog {
 struct Recorder {
     applied: Vec<Bytes>,
     applied_index: u64,
-    /// Set when a snapshot replaced the state.
+    /// Set when Raft recorded a snapshot.
     installed: Option<u64>,
+    /// The newest snapshot handed to `install_received`.
+    installed_before_raft_knew: u64,
 }
 
 impl StateMachine for Recorder {
@@ -70,8 +72,32 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
+    fn reflects(&self, index: u64) -> bool {
+        index <= self.applied_index
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn persist(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError> {
+        self.installed_before_raft_knew = self.installed_before_raft_knew.max(snapshot.index);
+        if snapshot.index > self.applied_index {
+            self.applied_index = snapshot.index;
+        }
+        Ok(true)
+    }
+
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        self.applied_index = snapshot.index;
+        assert!(
+            self.installed_before_raft_knew >= snapshot.index,
+            "Raft recorded snapshot {} before the state machine installed it",
+            snapshot.index
+        );
         self.installed = Some(snapshot.index);
         Ok(())
     }
@@ -215,7 +241,7 @@ impl Member {
         }
         while let Ok(batch) = self.applier.batches.try_recv() {
             self.applier
-                .apply_batch(&mut self.state_machine, &batch)
+                .apply_batch(&mut self.state_machine, batch)
                 .expect("apply");
         }
     }
@@ -283,11 +309,19 @@ impl Cluster {
             self.members[position].pump();
             let from = self.members[position].id;
             let sent = self.members[position].take_sent();
-            for message in sent.messages.into_iter().chain(sent.snapshots) {
+            for message in sent.messages {
                 traffic = true;
                 if !self.cut.contains(&(from, message.to)) {
                     self.member(message.to)
                         .deliver(PeerEvent::Received(message));
+                }
+            }
+            // As the transport delivers a snapshot whose data arrived whole.
+            for message in sent.snapshots {
+                traffic = true;
+                if !self.cut.contains(&(from, message.to)) {
+                    self.member(message.to)
+                        .deliver(PeerEvent::SnapshotReceived(message));
                 }
             }
             for (to, proposals) in sent.forwards {
