@@ -22,6 +22,47 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wal::crash_fs::CrashFs;
 
+/// A member's disks: its log on `CrashFs` (this dereferences to it) and its
+/// engine in a temporary directory of the test's, which outlives every
+/// restart of the member on this disk.
+#[derive(Clone)]
+pub struct Disk {
+    pub fs: CrashFs,
+    engine: Arc<tempfile::TempDir>,
+}
+
+impl Disk {
+    pub fn new() -> Disk {
+        Disk {
+            fs: CrashFs::new(),
+            engine: Arc::new(tempfile::tempdir().expect("engine dir")),
+        }
+    }
+
+    pub fn engine(&self) -> &Path {
+        self.engine.path()
+    }
+
+    /// A power cut of the log's disk (see `CrashFs::crash`); the engine
+    /// keeps every batch committed to it, as after a process crash (an
+    /// engine at least as far as its last sync, which is what recovery
+    /// needs).
+    pub fn crash(&self, seed: Option<u64>) -> Disk {
+        Disk {
+            fs: self.fs.crash(seed),
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for Disk {
+    type Target = CrashFs;
+
+    fn deref(&self) -> &CrashFs {
+        &self.fs
+    }
+}
+
 /// A member running in this process: sending on `stop` shuts it down, and
 /// `task` ends with what `server::run` returned.
 pub struct Member {
@@ -88,20 +129,23 @@ pub fn member_config(
 }
 
 /// Starts a member as the binary does: it restarts from what its data dir
-/// on `fs` and its engine in `engine_dir` hold, and bootstraps from
-/// `config` when they are empty. The WAL writes segments of
+/// on `disk` holds, and bootstraps from `config` when that is empty. The WAL writes segments of
 /// `segment_bytes` (small ones make purges frequent). A data dir the member
 /// refuses to open fails the test, naming the member and the reason: after
 /// a crash, that refusal is what the tests look for.
 pub fn start(
     config: ResolvedConfig,
-    fs: &CrashFs,
-    engine_dir: &Path,
+    disk: &Disk,
     segment_bytes: u64,
     listeners: Listeners,
 ) -> Member {
     let name = config.name.clone();
-    let opened = match open_member_on(Arc::new(fs.clone()), engine_dir, config, segment_bytes) {
+    let opened = match open_member_on(
+        Arc::new(disk.fs.clone()),
+        disk.engine(),
+        config,
+        segment_bytes,
+    ) {
         Ok(opened) => opened,
         Err(error) => panic!("member {name} refused to open its data dir: {error}"),
     };
