@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::put_request;
+use common::{put_request, Disk};
 use raft::{ConfState, Entry, HardState, InitialState, SnapshotMetadata};
 use server::node::{LogStorage, StateMachine};
 use server::state::{KvStateMachine, SharedState};
@@ -25,65 +25,46 @@ fn data_dir() -> &'static Path {
     Path::new(DATA_DIR)
 }
 
-/// A member's disks: its log on `CrashFs`, its engine in a temporary
-/// directory.
-struct Disks {
-    fs: CrashFs,
-    engine: tempfile::TempDir,
+fn open(disks: &Disk) -> Result<MemberStorage, StorageOpenError> {
+    open_member_storage_on(
+        Arc::new(disks.fs.clone()),
+        data_dir(),
+        disks.engine(),
+        64 * 1024,
+        &mvcc::StoreOptions::default(),
+    )
 }
 
-impl Disks {
-    fn new() -> Disks {
-        Disks {
-            fs: CrashFs::new(),
-            engine: tempfile::tempdir().expect("engine dir"),
-        }
+fn open_ok(disks: &Disk) -> MemberStorage {
+    match open(disks) {
+        Ok(storage) => storage,
+        Err(error) => panic!("open failed: {error}"),
     }
+}
 
-    fn open(&self) -> Result<MemberStorage, StorageOpenError> {
-        open_member_storage_on(
-            Arc::new(self.fs.clone()),
-            data_dir(),
-            self.engine.path(),
-            64 * 1024,
-            &mvcc::StoreOptions::default(),
-        )
+/// The error open gives; if it opens instead, the test fails with what the
+/// member would have restarted with.
+fn open_err(disks: &Disk) -> String {
+    match open(disks) {
+        Err(error) => error.to_string(),
+        Ok(storage) => match &storage.initial {
+            Some(initial) => panic!(
+                "open must refuse this data dir; it restarted with applied index {}, commit \
+                 index {}, last index {}",
+                initial.applied,
+                initial.hard_state.commit,
+                last_index(initial)
+            ),
+            None => panic!("open must refuse this data dir; it found nothing to restore"),
+        },
     }
+}
 
-    fn open_ok(&self) -> MemberStorage {
-        match self.open() {
-            Ok(storage) => storage,
-            Err(error) => panic!("open failed: {error}"),
-        }
-    }
-
-    /// The error open gives; if it opens instead, the test fails with what
-    /// the member would have restarted with.
-    fn open_err(&self) -> String {
-        match self.open() {
-            Err(error) => error.to_string(),
-            Ok(storage) => match &storage.initial {
-                Some(initial) => panic!(
-                    "open must refuse this data dir; it restarted with applied index {}, \
-                     commit index {}, last index {}",
-                    initial.applied,
-                    initial.hard_state.commit,
-                    last_index(initial)
-                ),
-                None => panic!("open must refuse this data dir; it found nothing to restore"),
-            },
-        }
-    }
-
-    /// Stops the member (dropping its storage, engine included) and loses
-    /// whatever the log did not sync, as a power cut would.
-    fn crash(self, storage: MemberStorage) -> Disks {
-        drop(storage);
-        Disks {
-            fs: self.fs.crash(None),
-            engine: self.engine,
-        }
-    }
+/// Stops the member (dropping its storage, engine included) and loses
+/// whatever the log did not sync, as a power cut would.
+fn crash(disks: Disk, storage: MemberStorage) -> Disk {
+    drop(storage);
+    disks.crash(None)
 }
 
 fn meta(index: u64, term: u64) -> SnapshotMetadata {
@@ -156,9 +137,9 @@ fn engine_applied(state: &SharedState) -> u64 {
 
 /// A member that ran: entries 1..=10 at term 2, committed to 8, the first
 /// `applied` of them applied and committed to the engine.
-fn ran_ten_entries(applied: u64) -> (Disks, MemberStorage) {
-    let disks = Disks::new();
-    let mut storage = disks.open_ok();
+fn ran_ten_entries(applied: u64) -> (Disk, MemberStorage) {
+    let disks = Disk::new();
+    let mut storage = open_ok(&disks);
     let written = entries(1..=10, 2);
     storage
         .log
@@ -170,8 +151,8 @@ fn ran_ten_entries(applied: u64) -> (Disks, MemberStorage) {
 
 #[test]
 fn fresh_start_finds_nothing_to_restore() {
-    let disks = Disks::new();
-    let storage = disks.open_ok();
+    let disks = Disk::new();
+    let storage = open_ok(&disks);
     assert!(storage.initial.is_none());
     assert_eq!(engine_applied(&storage.state), 0);
 }
@@ -179,8 +160,8 @@ fn fresh_start_finds_nothing_to_restore() {
 #[test]
 fn a_restart_replays_the_log_and_the_state_machine_skips_what_the_engine_holds() {
     let (disks, storage) = ran_ten_entries(6);
-    let disks = disks.crash(storage);
-    let storage = disks.open_ok();
+    let disks = crash(disks, storage);
+    let storage = open_ok(&disks);
     let initial = initial_of(&storage);
     assert_eq!(initial.applied, 0, "no snapshot marker: Raft hands out from 1");
     assert_eq!(indexes(initial), (1..=10).collect::<Vec<_>>());
@@ -199,8 +180,8 @@ fn a_restart_after_a_compaction_starts_raft_at_the_marker_with_the_engine_ahead(
     let (disks, mut storage) = ran_ten_entries(8);
     storage.state.read().expect("state").store.persist().expect("persist");
     storage.log.compacted(&meta(5, 2)).expect("compacted");
-    let disks = disks.crash(storage);
-    let storage = disks.open_ok();
+    let disks = crash(disks, storage);
+    let storage = open_ok(&disks);
     let initial = initial_of(&storage);
     assert_eq!(initial.applied, 5);
     assert_eq!(indexes(initial), (6..=10).collect::<Vec<_>>());
@@ -213,10 +194,10 @@ fn an_engine_behind_the_logs_snapshot_marker_is_an_error_naming_it() {
     // only 4: entries 5..=7 are in neither.
     let (disks, mut storage) = ran_ten_entries(4);
     storage.log.compacted(&meta(7, 2)).expect("compacted");
-    let disks = disks.crash(storage);
-    let error = disks.open_err();
+    let disks = crash(disks, storage);
+    let error = open_err(&disks);
     assert!(
-        error.contains(&disks.engine.path().display().to_string()),
+        error.contains(&disks.engine().display().to_string()),
         "{error}"
     );
     assert!(error.contains("index 4") && error.contains("index 7"), "{error}");
@@ -226,18 +207,18 @@ fn an_engine_behind_the_logs_snapshot_marker_is_an_error_naming_it() {
 fn an_engine_at_the_marker_with_another_term_is_an_error_naming_it() {
     let (disks, mut storage) = ran_ten_entries(5);
     storage.log.compacted(&meta(5, 3)).expect("compacted");
-    let disks = disks.crash(storage);
-    let error = disks.open_err();
+    let disks = crash(disks, storage);
+    let error = open_err(&disks);
     assert!(
-        error.contains(&disks.engine.path().display().to_string()),
+        error.contains(&disks.engine().display().to_string()),
         "{error}"
     );
 }
 
 #[test]
 fn an_engine_contradicting_the_committed_log_is_an_error_naming_it() {
-    let disks = Disks::new();
-    let mut storage = disks.open_ok();
+    let disks = Disk::new();
+    let mut storage = open_ok(&disks);
     // The engine applied entries 1..=5 of term 2; the log holds them at
     // term 3, committed: one of the two is not this member's history.
     apply(&storage, &entries(1..=5, 2));
@@ -245,22 +226,22 @@ fn an_engine_contradicting_the_committed_log_is_an_error_naming_it() {
         .log
         .persist(Some(hard_state(3, 1, 8)), &entries(1..=8, 3), None)
         .expect("persist");
-    let disks = disks.crash(storage);
-    let error = disks.open_err();
+    let disks = crash(disks, storage);
+    let error = open_err(&disks);
     assert!(
-        error.contains(&disks.engine.path().display().to_string()),
+        error.contains(&disks.engine().display().to_string()),
         "{error}"
     );
 }
 
 #[test]
 fn an_engine_with_state_but_no_log_is_an_error_naming_the_log() {
-    let disks = Disks::new();
-    let storage = disks.open_ok();
+    let disks = Disk::new();
+    let storage = open_ok(&disks);
     apply(&storage, &entries(1..=3, 1));
     // Nothing was ever written to the log (or it was lost).
-    let disks = disks.crash(storage);
-    let error = disks.open_err();
+    let disks = crash(disks, storage);
+    let error = open_err(&disks);
     assert!(
         error.contains(&wal_dir(data_dir()).display().to_string()),
         "{error}"
@@ -273,8 +254,8 @@ fn an_uncommitted_log_suffix_of_another_term_beside_the_engine_is_accepted() {
     // member crashed before recording it: the log still holds its own
     // uncommitted entries 5..=8 of term 2. Raft learns from the leader
     // that they are replaced; nothing committed is contradicted.
-    let disks = Disks::new();
-    let mut storage = disks.open_ok();
+    let disks = Disk::new();
+    let mut storage = open_ok(&disks);
     storage
         .log
         .persist(Some(hard_state(2, 1, 4)), &entries(1..=8, 2), None)
@@ -282,8 +263,8 @@ fn an_uncommitted_log_suffix_of_another_term_beside_the_engine_is_accepted() {
     let mut applied = entries(1..=4, 2);
     applied.extend(entries(5..=6, 3));
     apply(&storage, &applied);
-    let disks = disks.crash(storage);
-    let storage = disks.open_ok();
+    let disks = crash(disks, storage);
+    let storage = open_ok(&disks);
     assert_eq!(engine_applied(&storage.state), 6);
     assert_eq!(indexes(initial_of(&storage)), (1..=8).collect::<Vec<_>>());
 }
@@ -293,8 +274,8 @@ fn a_power_cut_after_the_compacted_marker_restarts_from_it() {
     let (disks, mut storage) = ran_ten_entries(8);
     storage.state.read().expect("state").store.persist().expect("persist");
     storage.log.compacted(&meta(8, 2)).expect("compacted");
-    let disks = disks.crash(storage);
-    let storage = disks.open_ok();
+    let disks = crash(disks, storage);
+    let storage = open_ok(&disks);
     let initial = initial_of(&storage);
     assert_eq!(initial.applied, 8);
     assert_eq!(indexes(initial), vec![9, 10]);
@@ -302,17 +283,17 @@ fn a_power_cut_after_the_compacted_marker_restarts_from_it() {
 
 #[test]
 fn a_log_of_an_earlier_raftkv_is_an_error_naming_it() {
-    let disks = Disks::new();
-    let legacy = legacy_file(&disks.fs, "raft.log");
-    let error = disks.open_err();
+    let disks = Disk::new();
+    let legacy = legacy_file(&disks, "raft.log");
+    let error = open_err(&disks);
     assert!(error.contains(&legacy.display().to_string()), "{error}");
 }
 
 #[test]
 fn snapshot_files_of_the_raftkv_that_kept_its_state_in_memory_are_an_error_naming_them() {
-    let disks = Disks::new();
-    let legacy = legacy_file(&disks.fs, "snap/0000000000000002-0000000000000008.snap");
-    let error = disks.open_err();
+    let disks = Disk::new();
+    let legacy = legacy_file(&disks, "snap/0000000000000002-0000000000000008.snap");
+    let error = open_err(&disks);
     let dir = legacy.parent().expect("dir");
     assert!(error.contains(&dir.display().to_string()), "{error}");
 }
@@ -334,10 +315,10 @@ fn legacy_file(fs: &CrashFs, name: &str) -> std::path::PathBuf {
 #[test]
 fn a_damaged_engine_is_an_error_not_a_panic() {
     let (disks, storage) = ran_ten_entries(8);
-    let disks = disks.crash(storage);
+    let disks = crash(disks, storage);
     // Garbage over every file of the engine's live database.
     let mut damaged = 0;
-    for entry in walk(disks.engine.path()) {
+    for entry in walk(disks.engine()) {
         let name = entry.file_name().map(|name| name.to_string_lossy().into_owned());
         if matches!(name.as_deref(), Some("CURRENT" | "LOCK")) {
             continue;
@@ -349,9 +330,9 @@ fn a_damaged_engine_is_an_error_not_a_panic() {
         }
     }
     assert!(damaged > 0, "the engine has files");
-    let error = disks.open_err();
+    let error = open_err(&disks);
     assert!(
-        error.contains(&disks.engine.path().display().to_string()),
+        error.contains(&disks.engine().display().to_string()),
         "the error names the engine: {error}"
     );
 }
