@@ -294,23 +294,40 @@ impl VersionRecord {
 
     /// Inverse of [`VersionRecord::encode`].
     pub fn decode(encoded: &[u8]) -> Result<Self> {
-        match encoded.split_first() {
-            Some((&TAG_PUT, value)) => Ok(VersionRecord::Put(value.to_vec())),
-            Some((&TAG_TOMBSTONE, [])) => Ok(VersionRecord::Tombstone),
-            Some((&TAG_TOMBSTONE, _)) => Err(Error::ValueDecode("tombstone with a payload")),
-            Some(_) => Err(Error::ValueDecode("unknown tag")),
-            None => Err(Error::ValueDecode("empty value")),
-        }
+        Ok(match decode_value(encoded)? {
+            Some(value) => VersionRecord::Put(value.to_vec()),
+            None => VersionRecord::Tombstone,
+        })
     }
 }
 
 /// The engine value of a put, without building a [`VersionRecord`] first
 /// (one copy of the value instead of two on the write path).
 pub(crate) fn encode_put(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + value.len());
+    encode_put_parts(&[value])
+}
+
+/// The engine value of a put whose value is the concatenation of `parts`.
+pub(crate) fn encode_put_parts(parts: &[&[u8]]) -> Vec<u8> {
+    let len = parts.iter().map(|part| part.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(1 + len);
     out.push(TAG_PUT);
-    out.extend_from_slice(value);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out
+}
+
+/// The payload of an encoded put (without copying it), `None` for a
+/// tombstone.
+pub(crate) fn decode_value(encoded: &[u8]) -> Result<Option<&[u8]>> {
+    match encoded.split_first() {
+        Some((&TAG_PUT, value)) => Ok(Some(value)),
+        Some((&TAG_TOMBSTONE, [])) => Ok(None),
+        Some((&TAG_TOMBSTONE, _)) => Err(Error::ValueDecode("tombstone with a payload")),
+        Some(_) => Err(Error::ValueDecode("unknown tag")),
+        None => Err(Error::ValueDecode("empty value")),
+    }
 }
 
 /// One version of one key, as read back from the backend.

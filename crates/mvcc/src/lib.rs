@@ -32,7 +32,7 @@ pub mod backend;
 pub mod error;
 pub mod keys;
 
-pub use backend::{AppliedIndex, Backend, KeyspaceId, ReadView, WriteBatch};
+pub use backend::{AppliedIndex, Backend, KeyspaceId, PendingVersion, ReadView, WriteBatch};
 pub use error::{Error, Result};
 pub use keys::{KeyRange, Revision, Version, VersionRecord};
 

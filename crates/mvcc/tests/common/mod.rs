@@ -90,7 +90,7 @@ pub fn fill(backend: &Backend, rng: &mut Rng, keys: usize, value_bytes: usize, t
         batch.set_current_revision(main);
         batch.set_compacted_revision(main / 2);
         batch.set_applied(index, 2);
-        batch.commit().unwrap();
+        backend.commit(batch).unwrap();
     }
 }
 
