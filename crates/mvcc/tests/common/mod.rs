@@ -4,6 +4,8 @@
 use mvcc::{Backend, KeyspaceId};
 use std::collections::BTreeMap;
 
+pub mod store;
+
 /// Every raw entry of every keyspace: what "the state" means when tests
 /// compare two backends.
 pub type Dump = BTreeMap<(KeyspaceId, Vec<u8>), Vec<u8>>;
