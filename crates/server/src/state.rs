@@ -207,26 +207,33 @@ impl KvStateMachine {
         })
     }
 
-    /// The one gate every applied entry passes: `index` must be the applied
-    /// index plus one. A gap or a repeat means the log handed out is
-    /// damaged or replayed wrongly; applying anyway would make this member
-    /// diverge silently, so it stops with both indexes named. Nothing of
-    /// the entry is applied.
-    fn advance(&mut self, state: &mut ReplicatedState, index: u64, term: u64) -> Result<(), StorageError> {
-        let expected = self.applied.0.checked_add(1);
-        if expected != Some(index) {
-            return Err(StorageError(format!(
-                "entry {index} was handed to the state machine after entry {}: entries must be \
-                 applied in order without gaps; the log or its replay is damaged, stopping \
-                 rather than diverging",
-                self.applied.0
-            )));
-        }
-        self.applied = (index, term);
-        state.applied_index = index;
-        self.uncommitted = true;
-        Ok(())
+}
+
+/// The one gate every applied entry passes: `index` must be the applied
+/// index (`applied.0`) plus one. A gap or a repeat means the log handed out
+/// is damaged or replayed wrongly; applying anyway would make this member
+/// diverge silently, so it stops with both indexes named. Nothing of the
+/// entry is applied.
+fn advance(
+    applied: &mut (u64, u64),
+    uncommitted: &mut bool,
+    state: &mut ReplicatedState,
+    index: u64,
+    term: u64,
+) -> Result<(), StorageError> {
+    let expected = applied.0.checked_add(1);
+    if expected != Some(index) {
+        return Err(StorageError(format!(
+            "entry {index} was handed to the state machine after entry {}: entries must be \
+             applied in order without gaps; the log or its replay is damaged, stopping \
+             rather than diverging",
+            applied.0
+        )));
     }
+    *applied = (index, term);
+    state.applied_index = index;
+    *uncommitted = true;
+    Ok(())
 }
 
 fn engine_failure(index: u64) -> impl FnOnce(mvcc::Error) -> StorageError {
@@ -242,7 +249,7 @@ impl StateMachine for KvStateMachine {
         let mut guard = self.state.write()?;
         let state = &mut *guard;
         if payload.is_empty() {
-            self.advance(state, index, term)?;
+            advance(&mut self.applied, &mut self.uncommitted, state, index, term)?;
             return Ok(Bytes::new());
         }
         let request = InternalRequest::decode(payload).map_err(|error| {
@@ -253,7 +260,7 @@ impl StateMachine for KvStateMachine {
                 "committed entry {index} is not a request this member understands: {error}"
             ))
         })?;
-        self.advance(state, index, term)?;
+        advance(&mut self.applied, &mut self.uncommitted, state, index, term)?;
         let response = match request.request {
             Some(internal_request::Request::Publish(attributes)) => publish(state, attributes),
             _ => state.store.apply(&request).map_err(engine_failure(index))?,
@@ -270,7 +277,13 @@ impl StateMachine for KvStateMachine {
         })?;
         let mut guard = self.state.write()?;
         let state = &mut *guard;
-        self.advance(state, entry.index, entry.term)?;
+        advance(
+            &mut self.applied,
+            &mut self.uncommitted,
+            state,
+            entry.index,
+            entry.term,
+        )?;
         // The registry follows Raft's membership entry by entry. Raft
         // ignores adding a learner that is already a voter and removing a
         // stranger; so does this (the member is already there / absent).
@@ -452,12 +465,6 @@ fn read_u32(input: &mut impl Read) -> io::Result<u32> {
     let mut bytes = [0u8; 4];
     input.read_exact(&mut bytes)?;
     Ok(u32::from_le_bytes(bytes))
-}
-
-fn read_u64(input: &mut impl Read) -> io::Result<u64> {
-    let mut bytes = [0u8; 8];
-    input.read_exact(&mut bytes)?;
-    Ok(u64::from_le_bytes(bytes))
 }
 
 fn read_string(input: &mut impl Read) -> io::Result<String> {

@@ -92,7 +92,7 @@ fn a_refused_join_leaves_no_identity_record_behind() {
         "{:?}",
         refused.err()
     );
-    let left = identity::read(&fs, Path::new("/data/j")).expect("readable");
+    let left = identity::read(&fs.fs, Path::new("/data/j")).expect("readable");
     let corrected = config("a", "j", CLUSTER, "t", InitialClusterState::New);
     let opened = open(&fs, corrected.clone()).expect("corrected start");
     assert_eq!(

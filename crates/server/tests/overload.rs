@@ -169,9 +169,10 @@ async fn flood(name: &str, apply_delay: Duration, persist_delay: Duration) -> Fl
     let (peer_events, node_inbox) = inbox();
     let transport = Transport::new(identity, peer_events);
     let raft = Raft::bootstrap(raft_config(1, 10, 100, 1), &[1]).expect("bootstrap");
-    let state = SharedState::new();
+    let engine = tempfile::tempdir().expect("engine dir");
+    let state = SharedState::open(engine.path(), &mvcc::StoreOptions::default()).expect("open");
     let state_machine = SlowApply(
-        KvStateMachine::new(state.clone(), None).expect("state machine"),
+        KvStateMachine::new(state.clone()).expect("state machine"),
         apply_delay,
     );
     let request_timeout = Duration::from_secs(120);

@@ -310,6 +310,12 @@ impl SnapshotInstaller {
         self.complete
     }
 
+    /// The log position and membership the received state reflects, once
+    /// the first chunk (which carries it) was pushed.
+    pub fn header(&self) -> Option<&SnapshotMetadata> {
+        self.header.as_ref()
+    }
+
     /// Verifies and writes one chunk.
     pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
         if self.failed {
