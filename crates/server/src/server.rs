@@ -203,8 +203,8 @@ pub async fn run<L: LogStorage>(
         member_id: config.member_id,
     };
     let (peer_events, node_inbox) = inbox();
-    let peer_service = PeerService::new(identity, peer_events.clone()).with_state(state.clone());
-    let mut transport = Transport::new(identity, peer_events).with_state(state.clone());
+    let peer_service = PeerService::new(identity, peer_events.clone()).with_state(&state);
+    let mut transport = Transport::new(identity, peer_events).with_state(&state);
     if let Some(address) = config.listen_peer_addrs.first() {
         transport = transport.with_local_address(address.ip());
     }

@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use bytes::Bytes;
 use mvcc::{SnapshotInstaller, SnapshotStream, Store, StoreOptions};
@@ -109,7 +109,34 @@ pub struct SharedState {
     staged: Arc<Mutex<Option<StagedSnapshot>>>,
 }
 
+/// A handle that does not keep the state open: the peer side's. Its
+/// connections can outlive the member that accepted them (until the
+/// process ends), and the engine must close when the member stops, so that
+/// a member restarted in the same process can open it again.
+#[derive(Clone)]
+pub struct WeakState {
+    state: Weak<RwLock<ReplicatedState>>,
+    staged: Weak<Mutex<Option<StagedSnapshot>>>,
+}
+
+impl WeakState {
+    /// The state, unless the member stopped.
+    pub fn upgrade(&self) -> Option<SharedState> {
+        Some(SharedState {
+            state: self.state.upgrade()?,
+            staged: self.staged.upgrade()?,
+        })
+    }
+}
+
 impl SharedState {
+    pub fn downgrade(&self) -> WeakState {
+        WeakState {
+            state: Arc::downgrade(&self.state),
+            staged: Arc::downgrade(&self.staged),
+        }
+    }
+
     pub fn new(state: ReplicatedState) -> Self {
         SharedState {
             state: Arc::new(RwLock::new(state)),

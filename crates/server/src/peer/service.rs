@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use crate::state::SharedState;
+use crate::state::{SharedState, WeakState};
 
 use super::snapshot_transfer::receive_snapshot;
 use super::LocalIdentity;
@@ -34,7 +34,7 @@ pub struct PeerService {
     identity: LocalIdentity,
     events: PeerEvents,
     /// Where received snapshots are stored; without it they are refused.
-    snapshots: Option<SharedState>,
+    snapshots: Option<WeakState>,
 }
 
 impl PeerService {
@@ -47,8 +47,8 @@ impl PeerService {
     }
 
     /// Received snapshots are stored aside in `state`'s engine directory.
-    pub fn with_state(mut self, state: SharedState) -> Self {
-        self.snapshots = Some(state);
+    pub fn with_state(mut self, state: &SharedState) -> Self {
+        self.snapshots = Some(state.downgrade());
         self
     }
 }

@@ -28,7 +28,7 @@ use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::convert::message_from_wire;
 use crate::errors;
 use crate::node::{PeerEvent, PeerEvents};
-use crate::state::SharedState;
+use crate::state::{SharedState, WeakState};
 
 /// Chunks read ahead of the network on the sending side.
 const CHUNKS_AHEAD_MAX: usize = 4;
@@ -57,6 +57,8 @@ pub async fn send_snapshot(
     // they run ahead of the network.
     let reader = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let stream = state.snapshot_stream().map_err(|error| error.to_string())?;
+        // The stream reads its own view; the member may stop meanwhile.
+        drop(state);
         if stream.metadata().index < metadata.index {
             // Raft compacts its log only up to what the engine persisted.
             return Err(format!(
@@ -126,7 +128,7 @@ pub async fn receive_snapshot(
     from: raft::NodeId,
     header: wire::SnapshotHeader,
     mut chunks: Streaming<wire::SnapshotChunk>,
-    state: SharedState,
+    state: WeakState,
     events: PeerEvents,
 ) -> Result<wire::SnapshotAck, Status> {
     let Some(wire_message) = header.message else {
@@ -154,6 +156,8 @@ pub async fn receive_snapshot(
     let create_state = state.clone();
     let mut installer = blocking(move || {
         create_state
+            .upgrade()
+            .ok_or_else(|| "the member stopped".to_string())?
             .snapshot_installer()
             .map_err(|error| error.to_string())
     })
@@ -213,7 +217,11 @@ pub async fn receive_snapshot(
         bytes = size,
         "received a snapshot"
     );
+    let Some(state) = state.upgrade() else {
+        return Err(errors::STOPPED.status());
+    };
     state.stage_received(metadata, installer);
+    drop(state);
     events
         .deliver(PeerEvent::SnapshotReceived(message))
         .await

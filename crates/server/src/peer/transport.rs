@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Request;
-use crate::state::SharedState;
+use crate::state::{SharedState, WeakState};
 
 use super::snapshot_transfer::send_snapshot;
 use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
@@ -62,7 +62,7 @@ pub struct Transport {
     peers: Arc<Mutex<HashMap<NodeId, PeerQueue>>>,
     /// The state snapshots are streamed from; without it a snapshot send is
     /// reported as failed at once.
-    snapshots: Option<SharedState>,
+    snapshots: Option<WeakState>,
     /// Snapshot transfers run as tasks started from the (non-async) Raft
     /// thread, on the runtime the transport was created in.
     runtime: Option<tokio::runtime::Handle>,
@@ -97,8 +97,8 @@ impl Transport {
     }
 
     /// Snapshots Raft asks to send are streamed from `files`.
-    pub fn with_state(mut self, state: SharedState) -> Self {
-        self.snapshots = Some(state);
+    pub fn with_state(mut self, state: &SharedState) -> Self {
+        self.snapshots = Some(state.downgrade());
         self
     }
 
@@ -114,8 +114,8 @@ impl Transport {
             .lock_peers()
             .get(&peer)
             .and_then(|queue| queue.channel.clone());
-        let (Some(state), Some(runtime), Some(channel)) =
-            (self.snapshots.clone(), self.runtime.clone(), channel)
+        let state = self.snapshots.as_ref().and_then(WeakState::upgrade);
+        let (Some(state), Some(runtime), Some(channel)) = (state, self.runtime.clone(), channel)
         else {
             tracing::warn!(
                 peer,
