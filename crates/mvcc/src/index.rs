@@ -5,7 +5,7 @@
 //!
 //! It lives in memory and holds no values: its size follows the number of
 //! keys and retained versions. The engine holds everything needed to
-//! rebuild it ([`KeyHistory::restore`], called by the store at open).
+//! rebuild it (`KeyHistory::restore`, called by the store at open).
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;

@@ -92,6 +92,23 @@ fn a_restart_after_compaction_keeps_creations_and_versions() {
     let stored_bytes = store.stored_bytes();
     // a@6 and a@8 (4 bytes), b@7 (2 bytes).
     assert_eq!(stored_bytes, 6);
+    // Compaction removed the dropped versions (tombstone included) from
+    // the engine, not only from the index.
+    let versions: Vec<_> = store
+        .dump()
+        .into_keys()
+        .filter(|(keyspace, _)| *keyspace == mvcc::KeyspaceId::Kv)
+        .map(|(_, key)| mvcc::keys::decode_key(&key).unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            (b"a".to_vec(), Revision::new(6, 0)),
+            (b"a".to_vec(), Revision::new(8, 0)),
+            (b"b".to_vec(), Revision::new(7, 0)),
+        ]
+    );
+    assert!(store.inner().disk_bytes() > 0);
 
     store.reopen();
     assert_eq!(store.current_revision(), 8);
@@ -347,4 +364,58 @@ fn a_store_installer_refuses_foreign_records() {
         .unwrap()
         .try_for_each(|chunk| installer.push(&chunk?));
     assert!(pushed.is_err());
+}
+
+/// Not a check: the cost of applying plain puts (pending batch, commit
+/// every 64 entries) and of reading them back, printed.
+/// `cargo test -p raftkv-mvcc --release --test store_engine -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn put_path_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let keys = 100_000u64;
+    let value = Bytes::from(vec![b'v'; 100]);
+    let requests: Vec<InternalRequest> = (0..keys)
+        .map(|i| {
+            entry(internal_request::Request::Put(PutRequest {
+                key: Bytes::from(format!("key/{:08}", i * 7919 % keys)),
+                value: value.clone(),
+                ..PutRequest::default()
+            }))
+        })
+        .collect();
+    for round in 0..2 {
+        let started = std::time::Instant::now();
+        let mut apply_time = std::time::Duration::ZERO;
+        for (i, request) in requests.iter().enumerate() {
+            let applying = std::time::Instant::now();
+            store.apply(request).unwrap();
+            apply_time += applying.elapsed();
+            if i % 64 == 63 {
+                let index = store.applied().index + 1;
+                store.commit(index, 1).unwrap();
+            }
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "round {round}: {keys} puts: apply {:.0} ns/put, with commits {:.0} ns/put",
+            apply_time.as_nanos() as f64 / keys as f64,
+            elapsed.as_nanos() as f64 / keys as f64
+        );
+    }
+    let started = std::time::Instant::now();
+    for i in 0..keys {
+        let response = store
+            .range(&RangeRequest {
+                key: Bytes::from(format!("key/{i:08}")),
+                ..RangeRequest::default()
+            })
+            .unwrap();
+        assert_eq!(response.kvs.len(), 1);
+    }
+    eprintln!(
+        "point reads: {:.0} ns/get",
+        started.elapsed().as_nanos() as f64 / keys as f64
+    );
 }

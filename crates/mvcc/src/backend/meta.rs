@@ -4,7 +4,7 @@
 //! |--------------------------|-----------------------------------------|
 //! | `format`                 | u32 BE, [`FORMAT_VERSION`]              |
 //! | `applied`                | index u64 BE ++ term u64 BE             |
-//! | `conf_state`             | see [`encode_conf_state`]               |
+//! | `conf_state`             | see `encode_conf_state`                 |
 //! | `member/` ++ id u64 BE   | opaque member record                    |
 //! | `compacted_revision`     | i64 BE                                  |
 //! | `current_revision`       | i64 BE                                  |
