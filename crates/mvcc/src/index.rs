@@ -5,7 +5,7 @@
 //!
 //! It lives in memory and holds no values: its size follows the number of
 //! keys and retained versions. The engine holds everything needed to
-//! rebuild it ([`KeyHistory::restore`], called by the store at open).
+//! rebuild it (`KeyHistory::restore`, called by the store at open).
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -133,10 +133,9 @@ impl KeyHistory {
                 let expected = generation.first_version + generation.revisions.len() as i64;
                 if created != generation.created || version != expected {
                     return Err(format!(
-                        "says created at {created:?}, version {version}; its generation was \
-                         created at {:?} and is at version {}",
-                        generation.created,
-                        expected - 1
+                        "says created at {created:?}, version {version}; its generation \
+                         expects created at {:?}, version {expected}",
+                        generation.created
                     ));
                 }
                 generation.revisions.push(revision);

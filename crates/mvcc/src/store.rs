@@ -9,14 +9,14 @@
 //! Application is deterministic: the same requests applied in the same order
 //! give the same store and the same responses on every member. Requests are
 //! validated twice: statelessly before they enter the log
-//! ([`validate_request`](crate::validate_request)), and against the store
+//! ([`validate_request`]), and against the store
 //! when applied, where a refusal is part of the replicated outcome
 //! ([`ApplyError`]).
 //!
 //! # Where things live
 //!
 //! Values and history live in the engine, one version per engine key (see
-//! [`crate::keys`] and [`crate::record`]). In memory: the [`KeyIndex`]
+//! [`crate::keys`] and `record.rs`). In memory: the [`KeyIndex`]
 //! (keys and the revisions of their retained versions, no values), the
 //! revision counters, and the *pending batch*: the writes of the entries
 //! applied since the last [`Store::commit`]. Every read looks in the pending
@@ -672,8 +672,10 @@ impl Store {
     fn roll_back(&mut self, ctx: WriteContext, error: &ReadError) -> Result<(), Error> {
         let Some(touched) = ctx.touched else {
             if matches!(error, ReadError::Engine(_)) {
+                // Nothing to undo with: the store fails, and the engine's
+                // error goes up as it is.
                 self.failed = true;
-                return Err(Error::StoreFailed);
+                return Ok(());
             }
             panic!(
                 "a write at revision {} failed after changing the store without tracking its keys",
@@ -1141,8 +1143,17 @@ impl Store {
             }
         }
         for version in &dropped {
-            self.pending
-                .remove_version(&version.key, version.revision)?;
+            // A version written since the last commit is not in the engine
+            // (revisions after the committed one never are): taking it out
+            // of the batch is enough.
+            let pending = self.pending.get_version(&version.key, version.revision)?;
+            if matches!(pending, Some(PendingVersion::Write(_))) {
+                self.pending
+                    .discard_version(&version.key, version.revision)?;
+            } else {
+                self.pending
+                    .remove_version(&version.key, version.revision)?;
+            }
         }
         debug_assert!(freed_bytes <= self.stored_bytes);
         self.stored_bytes = self.stored_bytes.saturating_sub(freed_bytes);

@@ -35,7 +35,7 @@
 //! # Snapshots and generations
 //!
 //! The database lives in a directory `db-<generation>` under the root, and
-//! the root's `CURRENT` file names the live one (see [`dir`]). Installing a
+//! the root's `CURRENT` file names the live one (see `dir.rs`). Installing a
 //! snapshot builds a new generation beside the live one and switches
 //! `CURRENT` atomically; see [`Backend::install_observed`].
 

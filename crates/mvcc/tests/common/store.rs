@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 pub type EngineDump = BTreeMap<(KeyspaceId, Vec<u8>), Vec<u8>>;
 
 pub struct TestStore {
-    dir: tempfile::TempDir,
-    /// `None` only while reopening.
+    /// `None` only while reopening. Declared before `dir`: fields drop in
+    /// order, and the store must close before its directory goes.
     store: Option<Store>,
+    dir: tempfile::TempDir,
     /// The index of the last entry applied (committed or not).
     last_index: u64,
     /// Every request applied, refused ones included, for [`TestStore::twin`].
@@ -99,6 +100,19 @@ impl TestStore {
         let store = Store::open(self.dir.path(), &small_options()).expect("reopen");
         assert_eq!(store.applied().index, self.last_index);
         self.store = Some(store);
+    }
+
+    /// Installs a snapshot of `source`'s committed state; the log goes on
+    /// from the snapshot's index.
+    pub fn install_from(&mut self, source: &TestStore) -> mvcc::SnapshotMetadata {
+        let mut installer = self.inner().snapshot_installer().expect("installer");
+        for chunk in source.inner().snapshot().expect("snapshot") {
+            installer.push(&chunk.expect("chunk")).expect("push");
+        }
+        let metadata = self.inner_mut().install(installer).expect("install");
+        self.last_index = metadata.index;
+        self.log = source.log.clone();
+        metadata
     }
 
     /// Another store that applied the same requests.
