@@ -474,7 +474,8 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
             "100",
         ],
     );
-    cluster.log_filter = "warn,server::server=info,server::node=info,server::state=info".to_string();
+    cluster.log_filter =
+        "warn,server::server=info,server::node=info,server::state=info".to_string();
     let leader = cluster.leader();
     let follower = (leader + 1) % 3;
     cluster.kill(follower);

@@ -258,7 +258,7 @@ pub async fn run<L: LogStorage>(
         cluster_id: config.cluster_id,
         member_id: config.member_id,
         node: node.handle.clone(),
-        state: state.clone(),
+        state: state.downgrade(),
         transport: transport.clone(),
         request_timeout,
         max_request_bytes: config.max_request_bytes,
@@ -368,6 +368,15 @@ pub async fn run<L: LogStorage>(
     for server in peer_servers {
         server.abort();
         let _ = server.await;
+    }
+    // Requests and transfers still finishing hold the state for a moment;
+    // once they let go the engine closes, and a member restarted in this
+    // process can open it again.
+    if !state.close_within(SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            name = config.name,
+            "the state machine's engine is still in use after the member stopped"
+        );
     }
     tracing::info!(name = config.name, "raftkv member stopped");
     if node_failed {

@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::errors;
 use crate::node::{NodeError, NodeHandle};
 use crate::peer::Transport;
-use crate::state::SharedState;
+use crate::state::{SharedState, WeakState};
 
 /// Everything the client services share.
 #[derive(Clone)]
@@ -28,7 +28,9 @@ pub struct ServiceContext {
     pub cluster_id: u64,
     pub member_id: u64,
     pub node: NodeHandle,
-    pub state: SharedState,
+    /// Weak: connections can outlive the member that accepted them, and
+    /// its engine must close when it stops.
+    pub state: WeakState,
     pub transport: Transport,
     pub request_timeout: Duration,
     pub max_request_bytes: u64,
@@ -62,6 +64,11 @@ fn read_error_status(error: &mvcc::ReadError) -> Status {
 }
 
 impl ServiceContext {
+    /// The member's state, unless it stopped.
+    fn state(&self) -> Result<SharedState, Status> {
+        self.state.upgrade().ok_or_else(|| errors::STOPPED.status())
+    }
+
     fn header(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
@@ -146,8 +153,8 @@ impl pb::kv_server::Kv for KvService {
                 .await
                 .map_err(Status::from)?;
         }
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let mut response = state
@@ -282,7 +289,7 @@ impl ServiceContext {
     /// soon as the engine is below its quota again.
     fn check_quota(&self) -> Result<(), Status> {
         let on_disk = self
-            .state
+            .state()?
             .read()
             .map_err(|error| Status::internal(error.to_string()))?
             .store
@@ -328,8 +335,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let context = &self.0;
         let status = context.node.status();
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         // etcd: the database file's size, and the part of it holding data;
@@ -364,8 +371,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         let context = &self.0;
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let (hash, _) = state
@@ -386,8 +393,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let context = &self.0;
         let revision = request.into_inner().revision;
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let (hash, compact_revision) = state
@@ -464,8 +471,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let context = &self.0;
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let members = state

@@ -61,8 +61,12 @@ pub struct ReplicatedState {
 impl ReplicatedState {
     /// Opens the engine under `path` and reads the registry it holds.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<ReplicatedState, StorageError> {
-        let store = Store::open(path, options)
-            .map_err(|error| StorageError(format!("opening the state machine's engine: {error}")))?;
+        let store = Store::open(path, options).map_err(|error| {
+            StorageError(format!(
+                "opening the state machine's engine in {}: {error}",
+                path.display()
+            ))
+        })?;
         ReplicatedState::around(store)
     }
 
@@ -130,6 +134,21 @@ impl WeakState {
 }
 
 impl SharedState {
+    /// Waits up to `within` until this is the last handle that keeps the
+    /// state open (requests and transfers still running hold one for a
+    /// moment after the member stopped), then drops it: the engine is
+    /// closed when this returns true, and may be opened again.
+    pub async fn close_within(self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while Arc::strong_count(&self.state) > 1 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     pub fn downgrade(&self) -> WeakState {
         WeakState {
             state: Arc::downgrade(&self.state),
@@ -233,7 +252,6 @@ impl KvStateMachine {
             uncommitted: false,
         })
     }
-
 }
 
 /// The one gate every applied entry passes: `index` must be the applied
@@ -371,9 +389,7 @@ impl StateMachine for KvStateMachine {
             );
             return Ok(false);
         };
-        let covers = installer
-            .header()
-            .map(|header| (header.index, header.term));
+        let covers = installer.header().map(|header| (header.index, header.term));
         match covers {
             Some((index, _)) if index >= snapshot.index => {}
             _ => {
@@ -523,4 +539,3 @@ fn read_strings(input: &mut impl Read) -> io::Result<Vec<String>> {
     }
     (0..count).map(|_| read_string(input)).collect()
 }
-

@@ -30,9 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use mvcc::StoreOptions;
 use raft::{Entry, HardState, InitialState, Snapshot, SnapshotMetadata};
 use wal::fs::{FileSystem, StdFs};
-use mvcc::StoreOptions;
 use wal::{SnapshotMarkerKind, Wal, WalOptions, WriteBatch};
 
 use crate::node::{LogStorage, StorageError};
@@ -253,9 +253,10 @@ pub fn open_member_storage_on(
         }
     }
     if engine_applied.index <= recovered.hard_state.commit {
-        let contradicting = recovered.entries.iter().find(|entry| {
-            entry.index == engine_applied.index && entry.term != engine_applied.term
-        });
+        let contradicting = recovered
+            .entries
+            .iter()
+            .find(|entry| entry.index == engine_applied.index && entry.term != engine_applied.term);
         if let Some(entry) = contradicting {
             return Err(inconsistent(
                 engine_dir,

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, StateMachine,
-    StorageError,
+    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, StateMachine, StorageError,
 };
 use server::peer::{LocalIdentity, PeerService, Transport};
 use tokio::net::TcpListener;
@@ -89,10 +88,12 @@ impl StateMachine for Recorder {
     }
 
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        assert!(self.applied_index >= snapshot.index, "installed before Raft recorded it");
+        assert!(
+            self.applied_index >= snapshot.index,
+            "installed before Raft recorded it"
+        );
         Ok(())
     }
-
 
     fn applied_index(&self) -> u64 {
         self.applied_index

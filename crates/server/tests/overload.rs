@@ -13,8 +13,8 @@ use proto::etcdserverpb as pb;
 use proto::etcdserverpb::kv_server::Kv;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    inbox, raft_config, LogStorage, Node, NodeOptions, StateMachine, StorageError,
-    APPLY_GAP_MAX, INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX,
+    inbox, raft_config, LogStorage, Node, NodeOptions, StateMachine, StorageError, APPLY_GAP_MAX,
+    INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX,
 };
 use server::peer::{LocalIdentity, Transport};
 use server::services::{KvService, ServiceContext};
@@ -93,7 +93,6 @@ impl StateMachine for SlowApply {
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
         self.0.install_snapshot(snapshot)
     }
-
 
     fn applied_index(&self) -> u64 {
         self.0.applied_index()
@@ -202,7 +201,7 @@ async fn flood(name: &str, apply_delay: Duration, persist_delay: Duration) -> Fl
         cluster_id: 1,
         member_id: 1,
         node: handle.clone(),
-        state,
+        state: state.downgrade(),
         transport,
         request_timeout,
         max_request_bytes: 1536 * 1024,

@@ -83,7 +83,12 @@ async fn member_list(client: SocketAddr) -> Vec<ListedMember> {
 /// using it has stopped): what every member's state and snapshots carry.
 fn registry_records(engine: &std::path::Path) -> std::collections::BTreeMap<u64, Vec<u8>> {
     let state = SharedState::open(engine, &mvcc::StoreOptions::default()).expect("open engine");
-    let records = state.read().expect("state").store.members().expect("members");
+    let records = state
+        .read()
+        .expect("state")
+        .store
+        .members()
+        .expect("members");
     records
 }
 
@@ -254,7 +259,11 @@ async fn members_configured_differently_hold_identical_registries() {
         .iter()
         .find(|(id, _, _, _)| *id == ids[0])
         .expect("a listed");
-    assert_eq!(listed_a.2, vec![a1, a2], "a's peer URLs as a advertises them");
+    assert_eq!(
+        listed_a.2,
+        vec![a1, a2],
+        "a's peer URLs as a advertises them"
+    );
 }
 
 /// The state machine alone: the registry is what the bootstrap entries and

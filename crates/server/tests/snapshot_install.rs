@@ -70,7 +70,13 @@ impl Machine {
     }
 
     fn hash(&self) -> u32 {
-        self.state.read().expect("state").store.hash_kv(0).expect("hash").0
+        self.state
+            .read()
+            .expect("state")
+            .store
+            .hash_kv(0)
+            .expect("hash")
+            .0
     }
 
     /// Receives `leader`'s engine as a transfer does, and stages it for
@@ -94,10 +100,17 @@ fn a_received_snapshot_becomes_the_state_before_raft_records_it() {
 
     // Raft's message names index 15; the leader's engine is at 20.
     follower.receive_from(&leader, &meta(15, 3));
-    assert!(follower.machine.install_received(&meta(15, 3)).expect("install"));
+    assert!(follower
+        .machine
+        .install_received(&meta(15, 3))
+        .expect("install"));
     assert_eq!(follower.machine.applied_index(), 20);
     assert_eq!(follower.value(b"at").as_deref(), Some("20"));
-    assert_eq!(follower.hash(), leader.hash(), "the follower holds the leader's state");
+    assert_eq!(
+        follower.hash(),
+        leader.hash(),
+        "the follower holds the leader's state"
+    );
     follower
         .machine
         .install_snapshot(&meta(15, 3))
@@ -116,7 +129,10 @@ fn an_install_never_rolls_the_state_back() {
     let mut follower = Machine::new();
     follower.apply_to(12, 2);
     follower.receive_from(&leader, &meta(10, 2));
-    assert!(follower.machine.install_received(&meta(10, 2)).expect("install"));
+    assert!(follower
+        .machine
+        .install_received(&meta(10, 2))
+        .expect("install"));
     assert_eq!(follower.machine.applied_index(), 12, "nothing was replaced");
     assert_eq!(follower.value(b"at").as_deref(), Some("12"));
 }
@@ -129,7 +145,10 @@ fn only_the_snapshot_staged_for_the_message_is_installed() {
     follower.receive_from(&leader, &meta(8, 2));
     let mut follower = follower;
     // A newer transfer replaced it, or none was staged for this message.
-    assert!(!follower.machine.install_received(&meta(9, 2)).expect("install"));
+    assert!(!follower
+        .machine
+        .install_received(&meta(9, 2))
+        .expect("install"));
     assert_eq!(follower.machine.applied_index(), 0);
     assert!(
         follower.machine.install_snapshot(&meta(9, 2)).is_err(),
@@ -143,7 +162,10 @@ fn a_stream_older_than_its_message_is_dropped() {
     leader.apply_to(5, 2);
     let mut follower = Machine::new();
     follower.receive_from(&leader, &meta(9, 2));
-    assert!(!follower.machine.install_received(&meta(9, 2)).expect("install"));
+    assert!(!follower
+        .machine
+        .install_received(&meta(9, 2))
+        .expect("install"));
     assert_eq!(follower.machine.applied_index(), 0);
 }
 
@@ -162,7 +184,10 @@ fn a_damaged_chunk_is_refused_and_leaves_the_state_untouched() {
         .collect();
     let middle = chunks[0].len() / 2;
     chunks[0][middle] ^= 0x40;
-    assert!(installer.push(&chunks[0]).is_err(), "a flipped bit is caught");
+    assert!(
+        installer.push(&chunks[0]).is_err(),
+        "a flipped bit is caught"
+    );
     drop(installer);
     assert_eq!(follower.machine.applied_index(), 3);
     assert_eq!(follower.value(b"at").as_deref(), Some("3"));

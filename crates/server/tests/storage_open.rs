@@ -123,7 +123,11 @@ fn last_index(initial: &InitialState) -> u64 {
 fn apply(storage: &MemberStorage, entries: &[Entry]) {
     let mut machine = KvStateMachine::new(storage.state.clone()).expect("state machine");
     for entry in entries {
-        assert!(!machine.reflects(entry.index), "entry {} applied twice", entry.index);
+        assert!(
+            !machine.reflects(entry.index),
+            "entry {} applied twice",
+            entry.index
+        );
         machine
             .apply(entry.index, entry.term, entry.data.slice(16..))
             .expect("apply");
@@ -163,7 +167,10 @@ fn a_restart_replays_the_log_and_the_state_machine_skips_what_the_engine_holds()
     let disks = crash(disks, storage);
     let storage = open_ok(&disks);
     let initial = initial_of(&storage);
-    assert_eq!(initial.applied, 0, "no snapshot marker: Raft hands out from 1");
+    assert_eq!(
+        initial.applied, 0,
+        "no snapshot marker: Raft hands out from 1"
+    );
     assert_eq!(indexes(initial), (1..=10).collect::<Vec<_>>());
     assert_eq!(engine_applied(&storage.state), 6);
     let machine = KvStateMachine::new(storage.state.clone()).expect("state machine");
@@ -178,7 +185,13 @@ fn a_restart_replays_the_log_and_the_state_machine_skips_what_the_engine_holds()
 #[test]
 fn a_restart_after_a_compaction_starts_raft_at_the_marker_with_the_engine_ahead() {
     let (disks, mut storage) = ran_ten_entries(8);
-    storage.state.read().expect("state").store.persist().expect("persist");
+    storage
+        .state
+        .read()
+        .expect("state")
+        .store
+        .persist()
+        .expect("persist");
     storage.log.compacted(&meta(5, 2)).expect("compacted");
     let disks = crash(disks, storage);
     let storage = open_ok(&disks);
@@ -200,17 +213,32 @@ fn an_engine_behind_the_logs_snapshot_marker_is_an_error_naming_it() {
         error.contains(&disks.engine().display().to_string()),
         "{error}"
     );
-    assert!(error.contains("index 4") && error.contains("index 7"), "{error}");
+    assert!(
+        error.contains("index 4") && error.contains("index 7"),
+        "{error}"
+    );
 }
 
 #[test]
 fn an_engine_at_the_marker_with_another_term_is_an_error_naming_it() {
-    let (disks, mut storage) = ran_ten_entries(5);
+    // The log's marker says index 5 is of term 3; the engine applied an
+    // index 5 of term 2: one of them is not this member's history.
+    let disks = Disk::new();
+    let mut storage = open_ok(&disks);
+    storage
+        .log
+        .persist(Some(hard_state(3, 1, 4)), &entries(1..=10, 3), None)
+        .expect("persist");
+    apply(&storage, &entries(1..=5, 2));
     storage.log.compacted(&meta(5, 3)).expect("compacted");
     let disks = crash(disks, storage);
     let error = open_err(&disks);
     assert!(
         error.contains(&disks.engine().display().to_string()),
+        "{error}"
+    );
+    assert!(
+        error.contains("term 2") && error.contains("term 3"),
         "{error}"
     );
 }
@@ -272,7 +300,13 @@ fn an_uncommitted_log_suffix_of_another_term_beside_the_engine_is_accepted() {
 #[test]
 fn a_power_cut_after_the_compacted_marker_restarts_from_it() {
     let (disks, mut storage) = ran_ten_entries(8);
-    storage.state.read().expect("state").store.persist().expect("persist");
+    storage
+        .state
+        .read()
+        .expect("state")
+        .store
+        .persist()
+        .expect("persist");
     storage.log.compacted(&meta(8, 2)).expect("compacted");
     let disks = crash(disks, storage);
     let storage = open_ok(&disks);
@@ -319,7 +353,9 @@ fn a_damaged_engine_is_an_error_not_a_panic() {
     // Garbage over every file of the engine's live database.
     let mut damaged = 0;
     for entry in walk(disks.engine()) {
-        let name = entry.file_name().map(|name| name.to_string_lossy().into_owned());
+        let name = entry
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
         if matches!(name.as_deref(), Some("CURRENT" | "LOCK")) {
             continue;
         }

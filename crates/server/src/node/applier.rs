@@ -155,8 +155,7 @@ impl Applier {
                 // Applied before this run, or by a snapshot installed ahead
                 // of the log: its result is not known here.
                 if let Some(request) = own {
-                    self.waiters
-                        .answer(request, Err(NodeError::LeaderFailed));
+                    self.waiters.answer(request, Err(NodeError::LeaderFailed));
                 }
                 continue;
             }

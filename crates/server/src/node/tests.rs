@@ -13,9 +13,7 @@ use super::applier::Applier;
 use super::driver::{Driver, Flow};
 use super::inbox::{Input, InputReceiver, InputSender};
 use super::load::{INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX};
-use super::ports::{
-    LogStorage, Outbox, PeerEvent, SnapshotSend, StateMachine, StorageError,
-};
+use super::ports::{LogStorage, Outbox, PeerEvent, SnapshotSend, StateMachine, StorageError};
 use super::proposal::{unframe_proposal, ProposalResult, RequestId};
 use super::{inbox, raft_config, NodeError, NodeHandle, NodeOptions, Parts, PendingProposal};
 
@@ -101,7 +99,6 @@ impl StateMachine for Recorder {
         self.installed = Some(snapshot.index);
         Ok(())
     }
-
 
     fn applied_index(&self) -> u64 {
         self.applied_index

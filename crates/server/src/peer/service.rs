@@ -11,13 +11,13 @@
 
 use std::pin::Pin;
 
+use crate::state::{SharedState, WeakState};
 use proto::peer as wire;
 use raft::MessageBody;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use crate::state::{SharedState, WeakState};
 
 use super::snapshot_transfer::receive_snapshot;
 use super::LocalIdentity;

@@ -175,17 +175,18 @@ pub async fn receive_snapshot(
                 size += data.len() as u64;
                 // A chunk that fails its own checks fails the transfer; the
                 // installer's directory goes with it.
-                installer = tokio::task::spawn_blocking(move || {
-                    installer.push(&data).map(|()| installer)
-                })
-                .await
-                .map_err(|error| Status::internal(format!("storing the snapshot: {error}")))?
-                .map_err(|error| {
-                    Status::data_loss(format!(
-                        "snapshot at {} arrived damaged: {error}",
-                        metadata.index
-                    ))
-                })?;
+                installer =
+                    tokio::task::spawn_blocking(move || installer.push(&data).map(|()| installer))
+                        .await
+                        .map_err(|error| {
+                            Status::internal(format!("storing the snapshot: {error}"))
+                        })?
+                        .map_err(|error| {
+                            Status::data_loss(format!(
+                                "snapshot at {} arrived damaged: {error}",
+                                metadata.index
+                            ))
+                        })?;
             }
             Some(wire::snapshot_chunk::Part::Trailer(trailer)) => {
                 if trailer.size_bytes != size || trailer.crc32c != checksum {

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::state::{SharedState, WeakState};
 use bytes::Bytes;
 use proto::peer as wire;
 use proto::peer::peer_client::PeerClient;
@@ -28,7 +29,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Request;
-use crate::state::{SharedState, WeakState};
 
 use super::snapshot_transfer::send_snapshot;
 use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
