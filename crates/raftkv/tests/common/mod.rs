@@ -255,7 +255,12 @@ impl TestCluster {
 
     /// Starts `size` etcd members (the program at `etcd`) with the same
     /// harness: same ports, timings, readiness and cleanup.
-    pub fn start_etcd(etcd: &Path, size: usize, test_name: &str, extra_args: &[&str]) -> TestCluster {
+    pub fn start_etcd(
+        etcd: &Path,
+        size: usize,
+        test_name: &str,
+        extra_args: &[&str],
+    ) -> TestCluster {
         TestCluster::start_server(
             ServerKind::Etcd(etcd.to_path_buf()),
             size,
@@ -409,7 +414,10 @@ impl TestCluster {
         let member = &self.members[position];
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(&member.log_path) {
-            if file.seek(std::io::SeekFrom::Start(member.log_start)).is_ok() {
+            if file
+                .seek(std::io::SeekFrom::Start(member.log_start))
+                .is_ok()
+            {
                 let mut bytes = Vec::new();
                 let _ = file.read_to_end(&mut bytes);
                 text = String::from_utf8_lossy(&bytes).into_owned();
@@ -650,7 +658,11 @@ impl TestCluster {
                 .block_on(client.range(request))
                 .unwrap_or_else(|error| panic!("range from {start:?} under {prefix:?}: {error}"));
             if revision == 0 {
-                revision = response.header.as_ref().expect("a response header").revision;
+                revision = response
+                    .header
+                    .as_ref()
+                    .expect("a response header")
+                    .revision;
             }
             let more = response.more;
             let Some(last) = response.kvs.last() else {
