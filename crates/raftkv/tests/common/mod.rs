@@ -229,6 +229,13 @@ impl Memory {
     }
 }
 
+/// A member's `HashKV` answer at one revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashAt {
+    pub hash: u32,
+    pub compact_revision: i64,
+}
+
 /// Bytes as MiB, for reports.
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -599,14 +606,17 @@ impl TestCluster {
     /// `HashKV` at `revision` of each running member, by position: the
     /// hash and compact revision, or the member's error (a member that has
     /// not applied `revision` yet answers "future revision").
-    pub fn hashes_at(&self, revision: i64) -> Vec<(usize, Result<(u32, i64), ClientError>)> {
+    pub fn hashes_at(&self, revision: i64) -> Vec<(usize, Result<HashAt, ClientError>)> {
         (0..self.members.len())
             .filter(|&position| self.is_running(position))
             .map(|position| {
                 let client = self.member_client(position);
                 let answer = self
                     .block_on(client.hash_kv(0, revision))
-                    .map(|response| (response.hash, response.compact_revision));
+                    .map(|response| HashAt {
+                        hash: response.hash,
+                        compact_revision: response.compact_revision,
+                    });
                 (position, answer)
             })
             .collect()
@@ -625,14 +635,13 @@ impl TestCluster {
                 last.iter().all(|(_, answer)| answer.is_ok())
             },
         );
-        let answers: Vec<(usize, (u32, i64))> = last
+        let answers: Vec<(usize, HashAt)> = last
             .into_iter()
             .map(|(position, answer)| (position, answer.expect("checked above")))
             .collect();
         assert!(
             answers.windows(2).all(|pair| pair[0].1 == pair[1].1),
-            "members disagree on hashkv at revision {revision} (position, (hash, compact \
-             revision)): {answers:?}"
+            "members disagree on hashkv at revision {revision} (by position): {answers:?}"
         );
     }
 
