@@ -551,7 +551,14 @@ impl Store {
         if revision > 0 && at < self.compacted_revision {
             return Err(ERR_COMPACTED.into());
         }
-        let values = self.values();
+        // The index walks the versions in (key, revision) order, which is
+        // the engine's key order: one forward scan of the engine (sequential
+        // reads) finds every committed value, instead of a point get each
+        // (which took minutes with 800,000 versions). Values written since
+        // the last commit come from the pending batch.
+        let view = self.backend.read();
+        let mut engine = view.raw_iter(KeyspaceId::Kv);
+        let mut engine_at: Option<(fjall::Slice, fjall::Slice)> = None;
         let mut hash = crc32c::crc32c(&self.compacted_revision.to_be_bytes());
         for (key, version, deleted) in self.index.changes_until(at) {
             hash = crc32c::crc32c_append(hash, key);
@@ -559,12 +566,64 @@ impl Store {
             hash = crc32c::crc32c_append(hash, &version.sub.to_be_bytes());
             if deleted {
                 hash = crc32c::crc32c_append(hash, b"\0deleted");
-            } else {
-                hash = values.with_put(key, version, |record| {
-                    let hash = crc32c::crc32c_append(hash, record.value);
-                    crc32c::crc32c_append(hash, &record.lease.to_be_bytes())
-                })?;
+                continue;
             }
+            let encoded = encode_key(key, version)?;
+            let stored: &[u8] = match self.pending.get_encoded_version(&encoded) {
+                Some(PendingVersion::Write(value)) => value,
+                Some(PendingVersion::Remove) => {
+                    return Err(self
+                        .values()
+                        .corrupt(key, version, "read after its removal")
+                        .into())
+                }
+                None => {
+                    while engine_at
+                        .as_ref()
+                        .is_none_or(|(engine_key, _)| engine_key.as_ref() < encoded.as_slice())
+                    {
+                        match engine.next() {
+                            Some(guard) => {
+                                engine_at = Some(guard.into_inner().map_err(Error::from)?)
+                            }
+                            None => {
+                                engine_at = None;
+                                break;
+                            }
+                        }
+                    }
+                    match &engine_at {
+                        Some((engine_key, value)) if engine_key.as_ref() == encoded.as_slice() => {
+                            value
+                        }
+                        _ => {
+                            return Err(self
+                                .values()
+                                .corrupt(
+                                    key,
+                                    version,
+                                    "the index holds this version, the engine does not",
+                                )
+                                .into())
+                        }
+                    }
+                }
+            };
+            let record = decode_value(stored)
+                .map_err(|error| self.values().corrupt(key, version, &error.to_string()))?
+                .ok_or_else(|| {
+                    self.values().corrupt(
+                        key,
+                        version,
+                        "the index holds a put, the engine a deletion",
+                    )
+                })
+                .and_then(|payload| {
+                    PutRecord::decode(payload)
+                        .map_err(|detail| self.values().corrupt(key, version, detail))
+                })?;
+            hash = crc32c::crc32c_append(hash, record.value);
+            hash = crc32c::crc32c_append(hash, &record.lease.to_be_bytes());
         }
         Ok((hash, self.compacted_revision))
     }
