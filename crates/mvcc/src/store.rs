@@ -124,6 +124,10 @@ pub struct Store {
     /// Bytes of keys and values of retained put versions (one key length
     /// per version). Deletions count nothing.
     stored_bytes: u64,
+    /// The engine's size on disk as of the last commit (or open, or
+    /// install): asked of fjall once per commit, not per request, since the
+    /// quota check reads it for every write.
+    disk_bytes: u64,
     /// Set by an engine failure that may have left the index, the counters
     /// and the pending batch out of step; see the type's documentation.
     failed: bool,
@@ -141,6 +145,14 @@ impl std::fmt::Debug for Store {
             .field("failed", &self.failed)
             .finish()
     }
+}
+
+/// The engine's size on disk; 0, logged, if fjall cannot tell.
+fn engine_disk_bytes(backend: &Backend) -> u64 {
+    backend.disk_space().unwrap_or_else(|error| {
+        tracing::warn!(%error, "engine disk space unknown");
+        0
+    })
 }
 
 /// What the engine holds, rebuilt in memory by [`rebuild`].
@@ -388,6 +400,7 @@ impl Store {
             compacted_revision = rebuilt.compacted_revision,
             "store open"
         );
+        let disk_bytes = engine_disk_bytes(&backend);
         Ok(Store {
             backend,
             index: rebuilt.index,
@@ -395,6 +408,7 @@ impl Store {
             current_revision: rebuilt.current_revision,
             compacted_revision: rebuilt.compacted_revision,
             stored_bytes: rebuilt.stored_bytes,
+            disk_bytes,
             failed: false,
         })
     }
@@ -428,13 +442,10 @@ impl Store {
         self.stored_bytes
     }
 
-    /// What the engine occupies on disk (etcd's `dbSize`); 0, logged, if
-    /// fjall cannot tell.
+    /// What the engine occupies on disk (etcd's `dbSize`: its tables and
+    /// journal), as of the last commit.
     pub fn disk_bytes(&self) -> u64 {
-        self.backend.disk_space().unwrap_or_else(|error| {
-            tracing::warn!(%error, "engine disk space unknown");
-            0
-        })
+        self.disk_bytes
     }
 
     /// Writes waiting for the next commit (a bound for the applier's
@@ -487,7 +498,9 @@ impl Store {
         batch.set_applied(index, term);
         self.backend
             .commit(batch)
-            .inspect_err(|_| self.failed = true)
+            .inspect_err(|_| self.failed = true)?;
+        self.disk_bytes = engine_disk_bytes(&self.backend);
+        Ok(())
     }
 
     /// Makes every commit durable (the only fsync of applied data).
@@ -527,6 +540,7 @@ impl Store {
         self.current_revision = rebuilt.current_revision;
         self.compacted_revision = rebuilt.compacted_revision;
         self.stored_bytes = rebuilt.stored_bytes;
+        self.disk_bytes = engine_disk_bytes(&self.backend);
         self.failed = false;
         Ok(metadata)
     }
@@ -537,8 +551,8 @@ impl Store {
     /// compare it across members (`etcdctl endpoint hashkv`). Returns the
     /// hash and the compacted revision.
     ///
-    /// Reads every retained version's value up to `revision` (one point
-    /// get each).
+    /// Reads every retained version's value up to `revision` in one scan
+    /// of the engine.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), ReadError> {
         let at = if revision <= 0 {
             self.current_revision
