@@ -1067,15 +1067,7 @@ impl Store {
         let Some(request_op::Request::RequestPut(put)) = &op.request else {
             return Ok(());
         };
-        if put.key.len() > MAX_KEY_BYTES {
-            return Err(ERR_KEY_TOO_LARGE);
-        }
-        if put.ignore_value && !put.value.is_empty() {
-            return Err(ERR_VALUE_PROVIDED);
-        }
-        if put.ignore_lease && put.lease != 0 {
-            return Err(ERR_LEASE_PROVIDED);
-        }
+        crate::validate::check_put_fields(put)?;
         if (put.ignore_value || put.ignore_lease) && self.index.get(&put.key, found_at).is_none() {
             return Err(ERR_KEY_NOT_FOUND);
         }

@@ -120,6 +120,14 @@ fn validate_put(put: &PutRequest) -> Result<(), ApplyError> {
     if put.key.is_empty() {
         return Err(ERR_EMPTY_KEY);
     }
+    check_put_fields(put)
+}
+
+/// What a put's own fields can be refused for once its key is there: a key
+/// too large, `ignore_value` with a value, `ignore_lease` with a lease (in
+/// etcd's order). Before the log, and again at apply for puts inside a
+/// transaction.
+pub(crate) fn check_put_fields(put: &PutRequest) -> Result<(), ApplyError> {
     if put.key.len() > MAX_KEY_BYTES {
         return Err(ERR_KEY_TOO_LARGE);
     }

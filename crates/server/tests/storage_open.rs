@@ -67,6 +67,18 @@ fn crash(disks: Disk, storage: MemberStorage) -> Disk {
     disks.crash(None)
 }
 
+/// Crashes the member and opens its disks again, which must be refused
+/// with an error naming the engine's directory; returns the error.
+fn refused_naming_the_engine(disks: Disk, storage: MemberStorage) -> String {
+    let disks = crash(disks, storage);
+    let error = open_err(&disks);
+    assert!(
+        error.contains(&disks.engine().display().to_string()),
+        "the error names the engine: {error}"
+    );
+    error
+}
+
 fn meta(index: u64, term: u64) -> SnapshotMetadata {
     SnapshotMetadata {
         index,
@@ -207,12 +219,7 @@ fn an_engine_behind_the_logs_snapshot_marker_is_an_error_naming_it() {
     // only 4: entries 5..=7 are in neither.
     let (disks, mut storage) = ran_ten_entries(4);
     storage.log.compacted(&meta(7, 2)).expect("compacted");
-    let disks = crash(disks, storage);
-    let error = open_err(&disks);
-    assert!(
-        error.contains(&disks.engine().display().to_string()),
-        "{error}"
-    );
+    let error = refused_naming_the_engine(disks, storage);
     assert!(
         error.contains("index 4") && error.contains("index 7"),
         "{error}"
@@ -231,12 +238,7 @@ fn an_engine_at_the_marker_with_another_term_is_an_error_naming_it() {
         .expect("persist");
     apply(&storage, &entries(1..=5, 2));
     storage.log.compacted(&meta(5, 3)).expect("compacted");
-    let disks = crash(disks, storage);
-    let error = open_err(&disks);
-    assert!(
-        error.contains(&disks.engine().display().to_string()),
-        "{error}"
-    );
+    let error = refused_naming_the_engine(disks, storage);
     assert!(
         error.contains("term 2") && error.contains("term 3"),
         "{error}"
@@ -254,12 +256,8 @@ fn an_engine_contradicting_the_committed_log_is_an_error_naming_it() {
         .log
         .persist(Some(hard_state(3, 1, 8)), &entries(1..=8, 3), None)
         .expect("persist");
-    let disks = crash(disks, storage);
-    let error = open_err(&disks);
-    assert!(
-        error.contains(&disks.engine().display().to_string()),
-        "{error}"
-    );
+    let error = refused_naming_the_engine(disks, storage);
+    assert!(error.contains("committed log"), "{error}");
 }
 
 #[test]
