@@ -53,8 +53,8 @@ pub mod store;
 pub mod validate;
 
 pub use backend::{
-    AppliedIndex, Backend, KeyspaceId, PendingVersion, ReadView, SnapshotInstaller, SnapshotStream,
-    WriteBatch,
+    AppliedIndex, Backend, EngineCompactor, KeyspaceId, PendingVersion, ReadView,
+    SnapshotInstaller, SnapshotStream, WriteBatch,
 };
 pub use error::{Error, Result};
 pub use index::{KeyIndex, VersionInfo};

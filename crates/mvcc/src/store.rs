@@ -34,6 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use proto::etcdserverpb::{
@@ -49,8 +50,8 @@ use proto::mvccpb::KeyValue;
 use raft::{ConfState, SnapshotMetadata};
 
 use crate::backend::{
-    AppliedIndex, Backend, KeyspaceId, PendingVersion, SnapshotInstaller, SnapshotStream,
-    WriteBatch, DEFAULT_CACHE_BYTES,
+    AppliedIndex, Backend, EngineCompactor, KeyspaceId, PendingVersion, SnapshotInstaller,
+    SnapshotStream, WriteBatch, DEFAULT_CACHE_BYTES,
 };
 use crate::error::Error;
 use crate::index::{KeyHistory, KeyIndex, RestoredVersion, VersionInfo};
@@ -124,10 +125,10 @@ pub struct Store {
     /// Bytes of keys and values of retained put versions (one key length
     /// per version). Deletions count nothing.
     stored_bytes: u64,
-    /// The engine's size on disk as of the last commit (or open, or
-    /// install): asked of fjall once per commit, not per request, since the
+    /// The engine's size on disk as of the last commit (or open, install,
+    /// refresh): asked of fjall once per commit, not per request, since the
     /// quota check reads it for every write.
-    disk_bytes: u64,
+    disk_bytes: AtomicU64,
     /// Set by an engine failure that may have left the index, the counters
     /// and the pending batch out of step; see the type's documentation.
     failed: bool,
@@ -408,7 +409,7 @@ impl Store {
             current_revision: rebuilt.current_revision,
             compacted_revision: rebuilt.compacted_revision,
             stored_bytes: rebuilt.stored_bytes,
-            disk_bytes,
+            disk_bytes: AtomicU64::new(disk_bytes),
             failed: false,
         })
     }
@@ -443,9 +444,22 @@ impl Store {
     }
 
     /// What the engine occupies on disk (etcd's `dbSize`: its tables and
-    /// journal), as of the last commit.
+    /// journal), as of the last commit or [`Store::refresh_disk_bytes`].
     pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Asks the engine its size on disk again (after its files changed
+    /// without a commit: a major compaction).
+    pub fn refresh_disk_bytes(&self) {
         self.disk_bytes
+            .store(engine_disk_bytes(&self.backend), Ordering::Relaxed);
+    }
+
+    /// A handle that compacts the engine's files fully, without holding
+    /// the store (see [`EngineCompactor`]).
+    pub fn compactor(&self) -> EngineCompactor {
+        self.backend.compactor()
     }
 
     /// Writes waiting for the next commit (a bound for the applier's
@@ -499,7 +513,7 @@ impl Store {
         self.backend
             .commit(batch)
             .inspect_err(|_| self.failed = true)?;
-        self.disk_bytes = engine_disk_bytes(&self.backend);
+        self.refresh_disk_bytes();
         Ok(())
     }
 
@@ -540,7 +554,7 @@ impl Store {
         self.current_revision = rebuilt.current_revision;
         self.compacted_revision = rebuilt.compacted_revision;
         self.stored_bytes = rebuilt.stored_bytes;
-        self.disk_bytes = engine_disk_bytes(&self.backend);
+        self.refresh_disk_bytes();
         self.failed = false;
         Ok(metadata)
     }

@@ -681,3 +681,100 @@ fn kill_9_loses_no_acknowledged_write() {
         );
     }
 }
+
+/// MVCC compaction lets the engine give its space back: a history of
+/// overwritten values fills each member's engine (`Status.db_size`, its
+/// files on disk: tables and journal), a compaction at the last revision
+/// removes every older version, and `Defragment` (a full compaction of the
+/// engine's tables) returns their space at once. `db_size_in_use` (the
+/// bytes of the versions kept) drops with the MVCC compaction itself. The
+/// journal is not history: it holds what was written since its last
+/// rotation (at most 64 MB a file), so the history is made larger than
+/// that, and at least half of it must be given back. Every key still reads
+/// its last value, and the members still agree (HashKV).
+#[test]
+fn compaction_and_defragment_give_the_engines_space_back() {
+    let _serial = serial();
+    let cluster = TestCluster::start(3, "storage-defragment", &[]);
+    let client = cluster.client();
+    const KEYS: u64 = 500;
+    const PASSES: u32 = 40;
+    const VALUE_BYTES: usize = 8 * 1024;
+    cluster.block_on(async {
+        for pass in 0..PASSES {
+            let mut writes = Vec::new();
+            for n in 0..KEYS {
+                let client = client.clone();
+                writes.push(tokio::spawn(async move {
+                    client
+                        .put(key_of(n), value_of(n, pass, VALUE_BYTES))
+                        .await
+                        .expect("put")
+                }));
+            }
+            for write in writes {
+                write.await.expect("writer");
+            }
+        }
+    });
+    let history = KEYS * PASSES as u64 * VALUE_BYTES as u64;
+    let sizes = |cluster: &TestCluster| -> Vec<(i64, i64)> {
+        (0..3)
+            .map(|position| {
+                let status = cluster
+                    .block_on(cluster.member_client(position).status(0))
+                    .expect("status");
+                (status.db_size, status.db_size_in_use)
+            })
+            .collect()
+    };
+    // Every member applied the history: its engine holds all of it.
+    let revision = cluster
+        .block_on(client.get(key_of(0)))
+        .expect("get")
+        .expect("key 0")
+        .mod_revision;
+    let last = cluster.block_on(client.status(0)).expect("status");
+    let current = last.header.expect("header").revision;
+    assert!(current >= revision);
+    cluster.assert_equal_hashes_at(current, Duration::from_secs(30));
+    let before = sizes(&cluster);
+    for (db_size, in_use) in &before {
+        assert!(
+            *in_use as u64 >= history && *db_size as u64 >= history / 2,
+            "a member holds {in_use} bytes of versions in {db_size} bytes on disk after \
+             {history} bytes of history: {before:?}"
+        );
+    }
+
+    cluster.block_on(client.compact(current)).expect("compact");
+    for position in 0..3 {
+        cluster
+            .block_on(cluster.member_client(position).defragment(0))
+            .expect("defragment");
+    }
+    let after = sizes(&cluster);
+    let live = KEYS * VALUE_BYTES as u64;
+    for ((db_size, in_use), (db_before, _)) in after.iter().zip(&before) {
+        assert!(
+            (*in_use as u64) < live * 2,
+            "after the compaction a member still counts {in_use} bytes of versions for \
+             {live} bytes of last values: {after:?}"
+        );
+        assert!(
+            (*db_size as u64) < *db_before as u64 - history / 2,
+            "after the compaction and defragment a member's engine is {db_size} bytes on \
+             disk, {db_before} before, after {history} bytes of history: {after:?} (before \
+             {before:?})"
+        );
+    }
+    for n in [0, KEYS / 2, KEYS - 1] {
+        let kv = cluster
+            .block_on(client.get(key_of(n)))
+            .expect("get")
+            .expect("key kept");
+        assert_eq!(kv.value, value_of(n, PASSES - 1, VALUE_BYTES));
+    }
+    cluster.assert_equal_hashes_at(current, Duration::from_secs(30));
+    println!("engine sizes (db_size, db_size_in_use) before {before:?}, after {after:?}");
+}

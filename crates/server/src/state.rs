@@ -193,6 +193,19 @@ impl SharedState {
             .map_err(|error| StorageError(format!("opening a snapshot of the engine: {error}")))
     }
 
+    /// Compacts the engine's files fully, so that the space of versions an
+    /// MVCC compaction removed is returned now (etcd's Defragment). Applying
+    /// goes on meanwhile: the lock is held only to take the engine's handle
+    /// and to note its new size.
+    pub fn defragment(&self) -> Result<(), StorageError> {
+        let compactor = self.read()?.store.compactor();
+        compactor
+            .major_compact()
+            .map_err(|error| StorageError(format!("compacting the engine's files: {error}")))?;
+        self.read()?.store.refresh_disk_bytes();
+        Ok(())
+    }
+
     /// Somewhere to receive a snapshot from the leader.
     pub fn snapshot_installer(&self) -> Result<SnapshotInstaller, StorageError> {
         self.read()?

@@ -112,6 +112,35 @@ struct Engine {
     meta: Keyspace,
 }
 
+/// Rewrites every table of a database into one sorted run per keyspace,
+/// dropping what removals and overwrites left behind (fjall's major
+/// compaction): after an MVCC compaction removed versions, this returns
+/// their space at once instead of when fjall's own compactions get to it.
+/// Writes go on meanwhile (fjall compacts concurrently with them); a
+/// handle to a generation that an install replaced compacts that old
+/// generation, harmlessly.
+pub struct EngineCompactor {
+    db: Database,
+    keyspaces: Vec<Keyspace>,
+}
+
+impl EngineCompactor {
+    /// Blocks until done. Flushes the memtables first, so that what they
+    /// hold is compacted too.
+    pub fn major_compact(&self) -> Result<()> {
+        for keyspace in &self.keyspaces {
+            keyspace.rotate_memtable_and_wait()?;
+            keyspace.major_compact()?;
+        }
+        Ok(())
+    }
+
+    /// The database's size on disk now.
+    pub fn disk_space(&self) -> Result<u64> {
+        Ok(self.db.disk_space()?)
+    }
+}
+
 /// Size at which a keyspace's memtable is sealed and flushed to a table.
 /// fjall keeps up to four sealed memtables waiting for their flush besides
 /// the active one (it stalls writes beyond that), so this bounds the
@@ -307,6 +336,19 @@ impl Backend {
     pub fn persist(&self) -> Result<()> {
         self.engine.db.persist(PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// A handle that compacts the live database's tables fully (see
+    /// [`EngineCompactor`]); it needs no lock on the backend.
+    pub fn compactor(&self) -> EngineCompactor {
+        EngineCompactor {
+            db: self.engine.db.clone(),
+            keyspaces: vec![
+                self.engine.kv.clone(),
+                self.engine.lease.clone(),
+                self.engine.meta.clone(),
+            ],
+        }
     }
 
     /// What the live database occupies on disk: its tables and journals
