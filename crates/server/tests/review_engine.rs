@@ -1,0 +1,218 @@
+//! Adversarial review of the engine change (issue #12): keys at the
+//! engine's size limit, bad requests, and restarts after them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{bind, start, url, Disk, Member};
+use proto::etcdserverpb as pb;
+use server::config::{ResolvedConfig, ServerConfig};
+use server::server::Listeners;
+use tokio::net::TcpListener;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const SEGMENT_BYTES: u64 = 64 * 1024;
+/// mvcc's `MAX_KEY_BYTES` (USER_KEY_BYTES_MAX = (65_535 - 18) / 2).
+const MAX_KEY: usize = 32_758;
+
+fn config(client: &TcpListener, peer: &TcpListener, peer_url: &str) -> ResolvedConfig {
+    ServerConfig {
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![peer_url.to_string()],
+        initial_cluster: Some(format!("a={peer_url}")),
+        ..common::member_config("a", 4, 2)
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+async fn kv(client: SocketAddr) -> pb::kv_client::KvClient<tonic::transport::Channel> {
+    let started = Instant::now();
+    loop {
+        match pb::kv_client::KvClient::connect(format!("http://{client}")).await {
+            Ok(kv) => return kv,
+            Err(error) => {
+                assert!(started.elapsed() < DEADLINE, "connect: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn launch(disk: &Disk, peer_url: Option<String>) -> (Member, String) {
+    let (client, peer) = (bind().await, bind().await);
+    let peer_url = peer_url.unwrap_or_else(|| url(&peer));
+    let member = start(
+        config(&client, &peer, &peer_url),
+        disk,
+        SEGMENT_BYTES,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    );
+    (member, peer_url)
+}
+
+async fn stop(member: Member) {
+    let _ = member.stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), member.task).await;
+}
+
+async fn put_retry(
+    kv: &mut pb::kv_client::KvClient<tonic::transport::Channel>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+) -> Result<pb::PutResponse, tonic::Status> {
+    let started = Instant::now();
+    loop {
+        match kv
+            .put(pb::PutRequest {
+                key: key.clone().into(),
+                value: value.clone().into(),
+                ..pb::PutRequest::default()
+            })
+            .await
+        {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status)
+                if status.code() == tonic::Code::InvalidArgument
+                    || started.elapsed() > DEADLINE =>
+            {
+                return Err(status)
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn get(
+    kv: &mut pb::kv_client::KvClient<tonic::transport::Channel>,
+    key: &[u8],
+) -> Option<Vec<u8>> {
+    let started = Instant::now();
+    loop {
+        match kv
+            .range(pb::RangeRequest {
+                key: key.to_vec().into(),
+                ..pb::RangeRequest::default()
+            })
+            .await
+        {
+            Ok(response) => {
+                return response
+                    .into_inner()
+                    .kvs
+                    .into_iter()
+                    .next()
+                    .map(|kv| kv.value.to_vec())
+            }
+            Err(status) => {
+                assert!(started.elapsed() < DEADLINE, "range: {status}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Keys at the largest size the API accepts, of the bytes that escape
+/// worst (zeros) and of bytes that do not escape, written, overwritten,
+/// deleted and compacted across several engine syncs: the member must go
+/// on serving them, and must restart from its engine and serve them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_at_the_size_limit_survive_writes_compaction_and_a_restart() {
+    let disk = Disk::new();
+    let (member, peer_url) = launch(&disk, None).await;
+    let mut client = kv(member.client).await;
+    let zeros = vec![0u8; MAX_KEY];
+    let ones = vec![0xFFu8; MAX_KEY];
+    let mut prefix_zeros = vec![0u8; MAX_KEY];
+    prefix_zeros[0] = b'k';
+    for round in 0..6u8 {
+        for key in [&zeros, &ones, &prefix_zeros] {
+            put_retry(&mut client, key.clone(), vec![round; 16])
+                .await
+                .expect("a key of the maximum size is accepted");
+        }
+    }
+    assert_eq!(get(&mut client, &zeros).await, Some(vec![5u8; 16]), "zeros before txn");
+    assert_eq!(get(&mut client, &ones).await, Some(vec![5u8; 16]), "ones before txn");
+    assert_eq!(get(&mut client, &prefix_zeros).await, Some(vec![5u8; 16]), "k-zeros before txn");
+    // One more byte is refused with a clear error, the member lives on.
+    let refused = put_retry(&mut client, vec![0u8; MAX_KEY + 1], b"x".to_vec())
+        .await
+        .expect_err("a key one byte too long is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // A transaction carrying a too-long key: refused before the log.
+    let txn = client
+        .txn(pb::TxnRequest {
+            compare: vec![pb::Compare {
+                key: vec![0u8; 70_000].into(),
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Version as i32,
+                target_union: Some(pb::compare::TargetUnion::Version(0)),
+                ..pb::Compare::default()
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: vec![0u8; 70_000].into(),
+                        range_end: vec![0xFFu8; 70_000].into(),
+                        prev_kv: true,
+                        ..pb::DeleteRangeRequest::default()
+                    },
+                )),
+            }],
+            ..pb::TxnRequest::default()
+        })
+        .await;
+    eprintln!("txn with huge keys: {:?}", txn.as_ref().map(|_| ()));
+    assert_eq!(get(&mut client, &zeros).await, Some(vec![5u8; 16]), "zeros after txn");
+    // Delete one of them, compact, go on writing (more syncs).
+    let header = client
+        .delete_range(pb::DeleteRangeRequest {
+            key: ones.clone().into(),
+            ..pb::DeleteRangeRequest::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .header
+        .expect("header");
+    client
+        .compact(pb::CompactionRequest {
+            revision: header.revision,
+            physical: true,
+        })
+        .await
+        .expect("compact");
+    assert_eq!(get(&mut client, &zeros).await, Some(vec![5u8; 16]), "zeros after compact");
+    for round in 0..8u8 {
+        put_retry(&mut client, b"k/small".to_vec(), vec![round])
+            .await
+            .expect("put");
+    }
+    assert_eq!(get(&mut client, &zeros).await, Some(vec![5u8; 16]));
+    assert_eq!(get(&mut client, &ones).await, None);
+    // The transaction's delete held it.
+    assert_eq!(get(&mut client, &prefix_zeros).await, None);
+    drop(client);
+    stop(member).await;
+
+    let (member, _) = launch(&disk, Some(peer_url)).await;
+    let mut client = kv(member.client).await;
+    assert_eq!(get(&mut client, &zeros).await, Some(vec![5u8; 16]));
+    assert_eq!(get(&mut client, &ones).await, None);
+    // The transaction's delete held it.
+    assert_eq!(get(&mut client, &prefix_zeros).await, None);
+    assert_eq!(get(&mut client, b"k/small").await, Some(vec![7u8]));
+    put_retry(&mut client, zeros.clone(), b"after".to_vec())
+        .await
+        .expect("put after restart");
+    assert_eq!(get(&mut client, &zeros).await, Some(b"after".to_vec()));
+    drop(client);
+    stop(member).await;
+}
