@@ -216,3 +216,166 @@ async fn keys_at_the_size_limit_survive_writes_compaction_and_a_restart() {
     drop(client);
     stop(member).await;
 }
+
+fn config_with_quota(
+    client: &TcpListener,
+    peer: &TcpListener,
+    peer_url: &str,
+    quota: u64,
+) -> ResolvedConfig {
+    ServerConfig {
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![peer_url.to_string()],
+        initial_cluster: Some(format!("a={peer_url}")),
+        quota_backend_bytes: quota,
+        ..common::member_config("a", 4, 2)
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+async fn db_size(client: SocketAddr) -> i64 {
+    let mut maintenance =
+        pb::maintenance_client::MaintenanceClient::connect(format!("http://{client}"))
+            .await
+            .expect("connect");
+    maintenance
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .db_size
+}
+
+/// The quota is checked on the engine's size on disk, and the services say
+/// "Deletes and compaction, which free space once the engine compacts its
+/// files, still go through ... the refusal ends as soon as the engine is
+/// below its quota again" (there is no Defragment and no alarm to disarm).
+/// So after the operator deletes every key and compacts, writes must come
+/// back. They do not: deleting and compacting only add to the engine
+/// (tombstones, journal), and the engine never shrinks below the quota, so
+/// the member refuses every write for good, even after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_come_back_after_deleting_everything_and_compacting_over_the_quota() {
+    // The size of a fresh engine, to set a quota a little above it.
+    let probe = Disk::new();
+    let (member, _) = launch(&probe, None).await;
+    let mut client = kv(member.client).await;
+    put_retry(&mut client, b"k/probe".to_vec(), b"v".to_vec())
+        .await
+        .expect("probe put");
+    let fresh = db_size(member.client).await as u64;
+    drop(client);
+    stop(member).await;
+    let quota = fresh + 512 * 1024;
+    eprintln!("fresh engine: {fresh} bytes; quota {quota}");
+
+    let disk = Disk::new();
+    let (client_l, peer_l) = (bind().await, bind().await);
+    let peer_url = url(&peer_l);
+    let member = start(
+        config_with_quota(&client_l, &peer_l, &peer_url, quota),
+        &disk,
+        SEGMENT_BYTES,
+        Listeners {
+            client: vec![client_l],
+            peer: vec![peer_l],
+        },
+    );
+    let mut client = kv(member.client).await;
+    let mut written = 0;
+    let mut refused = None;
+    for n in 0..2_000u32 {
+        match client
+            .put(pb::PutRequest {
+                key: format!("k/{n:05}").into_bytes().into(),
+                value: vec![b'x'; 16 * 1024].into(),
+                ..pb::PutRequest::default()
+            })
+            .await
+        {
+            Ok(_) => written += 1,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                refused = Some(status);
+                break;
+            }
+            Err(status) if written == 0 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = status;
+            }
+            Err(status) => panic!("put {n}: {status:?}"),
+        }
+    }
+    let refused = refused.expect("the quota refuses writes");
+    eprintln!(
+        "{written} puts of 16 KiB before: {}; db_size {}",
+        refused.message(),
+        db_size(member.client).await
+    );
+    // What etcd's documentation tells an operator to do (but for defrag,
+    // which raftkv has not): delete, compact.
+    let deleted = client
+        .delete_range(pb::DeleteRangeRequest {
+            key: b"k/".to_vec().into(),
+            range_end: b"k0".to_vec().into(),
+            ..pb::DeleteRangeRequest::default()
+        })
+        .await
+        .expect("deletes pass the quota")
+        .into_inner();
+    let revision = deleted.header.expect("header").revision;
+    client
+        .compact(pb::CompactionRequest {
+            revision,
+            physical: true,
+        })
+        .await
+        .expect("compaction passes the quota");
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        match client
+            .put(pb::PutRequest {
+                key: b"k/after".to_vec().into(),
+                value: b"small".to_vec().into(),
+                ..pb::PutRequest::default()
+            })
+            .await
+        {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(status) => last = Some(status),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let size_after = db_size(member.client).await;
+    drop(client);
+    stop(member).await;
+    // A restart does not help either.
+    let (client_l, peer_l) = (bind().await, bind().await);
+    let member = start(
+        config_with_quota(&client_l, &peer_l, &peer_url, quota),
+        &disk,
+        SEGMENT_BYTES,
+        Listeners {
+            client: vec![client_l],
+            peer: vec![peer_l],
+        },
+    );
+    let mut client = kv(member.client).await;
+    let after_restart = put_retry(&mut client, b"k/after".to_vec(), b"small".to_vec()).await;
+    let size_restarted = db_size(member.client).await;
+    drop(client);
+    stop(member).await;
+    assert!(
+        last.is_none(),
+        "no key left, every version compacted away, 20 s later writes are still refused \
+         ({:?}); engine on disk {size_after} bytes, quota {quota}; after a restart: {:?}, \
+         {size_restarted} bytes",
+        last,
+        after_restart.map(|_| ()),
+    );
+}
