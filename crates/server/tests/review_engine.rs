@@ -290,12 +290,18 @@ async fn writes_come_back_after_deleting_everything_and_compacting_over_the_quot
         match client
             .put(pb::PutRequest {
                 key: format!("k/{n:05}").into_bytes().into(),
-                value: vec![b'x'; 16 * 1024].into(),
+                // Incompressible, as most real values are for the journal.
+                value: noise(n, 16 * 1024).into(),
                 ..pb::PutRequest::default()
             })
             .await
         {
-            Ok(_) => written += 1,
+            Ok(_) => {
+                written += 1;
+                if written % 100 == 1 {
+                    eprintln!("after {written} puts: db_size {}", db_size(member.client).await);
+                }
+            }
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                 refused = Some(status);
                 break;
@@ -378,4 +384,17 @@ async fn writes_come_back_after_deleting_everything_and_compacting_over_the_quot
         last,
         after_restart.map(|_| ()),
     );
+}
+
+/// Bytes that do not compress (xorshift).
+fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut state = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
