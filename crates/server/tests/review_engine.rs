@@ -398,3 +398,113 @@ fn noise(seed: u32, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+fn config_count(
+    client: &TcpListener,
+    peer: &TcpListener,
+    peer_url: &str,
+    snapshot_count: u64,
+) -> ResolvedConfig {
+    ServerConfig {
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![peer_url.to_string()],
+        initial_cluster: Some(format!("a={peer_url}")),
+        ..common::member_config("a", snapshot_count, 2)
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+async fn launch_count(disk: &Disk, peer_url: &str, snapshot_count: u64) -> Member {
+    let (client, peer) = (bind().await, bind().await);
+    start(
+        config_count(&client, &peer, peer_url, snapshot_count),
+        disk,
+        SEGMENT_BYTES,
+        Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        },
+    )
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn clear_dir(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("rm -r");
+        } else {
+            std::fs::remove_file(&path).expect("rm");
+        }
+    }
+}
+
+/// A power cut loses the engine's batches since its last sync (commits are
+/// not fsynced), not only the log's unsynced tail. Simulated: the engine
+/// as it was closed at the end of a first run (a state at or after its
+/// last sync, and no sync happens in the second run: its snapshot count is
+/// not reached), restored after a second run whose writes were all
+/// acknowledged, together with a power cut of the log. The member must
+/// restart and every acknowledged write must be there (replayed from the
+/// log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_an_engine_that_lost_its_unsynced_batches() {
+    for seed in 1..=4u64 {
+        let disk = Disk::new();
+        let peer_url = {
+            let peer = bind().await;
+            url(&peer)
+        };
+        let member = launch_count(&disk, &peer_url, 4).await;
+        let mut client = kv(member.client).await;
+        for n in 0..20u32 {
+            put_retry(&mut client, format!("k/{n:03}").into_bytes(), b"first".to_vec())
+                .await
+                .expect("put");
+        }
+        drop(client);
+        stop(member).await;
+        let saved = tempfile::tempdir().expect("saved");
+        copy_tree(disk.engine(), saved.path());
+
+        let member = launch_count(&disk, &peer_url, 1_000_000).await;
+        let mut client = kv(member.client).await;
+        for n in 10..(30 + seed as u32 * 5) {
+            put_retry(&mut client, format!("k/{n:03}").into_bytes(), b"second".to_vec())
+                .await
+                .expect("put");
+        }
+        drop(client);
+        let crashed = disk.crash(Some(seed));
+        stop(member).await;
+        clear_dir(crashed.engine());
+        copy_tree(saved.path(), crashed.engine());
+
+        let member = launch_count(&crashed, &peer_url, 4).await;
+        let mut client = kv(member.client).await;
+        for n in 0..(30 + seed as u32 * 5) {
+            let want: &[u8] = if n < 10 { b"first" } else { b"second" };
+            assert_eq!(
+                get(&mut client, format!("k/{n:03}").as_bytes()).await.as_deref(),
+                Some(want),
+                "seed {seed}: key {n}"
+            );
+        }
+        drop(client);
+        stop(member).await;
+    }
+}
