@@ -306,6 +306,79 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
         stop(member).await;
     }
 }
+/// The leader that sends the snapshot restarted since it compacted its log
+/// (its log's disk lost power: unsynced commit indexes gone): its Raft
+/// snapshot is the WAL's marker (no data), and what it streams is its
+/// engine as reopened. The member catching up from it must end up
+/// answering as the others, and restart from what it installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
+    let mut addrs = Vec::new();
+    for _ in 0..7 {
+        addrs.push(free_addr().await);
+    }
+    let advertised = [addrs[1], addrs[3], addrs[6]];
+    let proxy_c = Proxy::spawn(addrs[6], addrs[5]).await;
+    let names = ["a", "b", "c"];
+    let cluster = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{name}={}", url(advertised[i])))
+        .collect::<Vec<_>>()
+        .join(",");
+    let configs: Vec<ResolvedConfig> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .collect();
+    let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
+    let mut members = vec![
+        start(configs[0].clone(), &fs[0]).await,
+        start(configs[1].clone(), &fs[1]).await,
+        start(configs[2].clone(), &fs[2]).await,
+    ];
+    put_acked(members[0].client, "k/start", "1").await;
+    let c = members.pop().expect("c");
+    stop(c).await;
+    proxy_c.cut();
+    let mut revisions = Vec::new();
+    for i in 0..40 {
+        revisions.push(
+            put_acked(members[0].client, &format!("k/{:02}", i % 9), &format!("v-{i}")).await,
+        );
+        if i % 6 == 5 {
+            revisions.push(delete_acked(members[0].client, &format!("k/{:02}", (i + 4) % 9)).await);
+        }
+        if i == 20 {
+            compact_acked(members[0].client, revisions[revisions.len() - 4]).await;
+        }
+    }
+    for member in members.drain(..) {
+        stop(member).await;
+    }
+    let crashed: Vec<Disk> = fs.iter().map(|disk| disk.crash(Some(7))).collect();
+    for i in 0..2 {
+        members.push(start(configs[i].clone(), &crashed[i]).await);
+    }
+    let more = put_acked(members[1].client, "k/more", "m").await;
+    members.push(start(configs[2].clone(), &crashed[2]).await);
+    let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
+    let asked = vec![revisions[25], revisions[40], more];
+    converge("c caught up from a restarted leader", &clients, &asked).await;
+    let c = members.pop().expect("c");
+    stop(c).await;
+    proxy_c.cut();
+    members.push(start(configs[2].clone(), &crashed[2]).await);
+    let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
+    let last = put_acked(clients[2], "k/last", "l").await;
+    let mut asked = asked;
+    asked.push(last);
+    converge("c restarted after catching up", &clients, &asked).await;
+    for member in members {
+        stop(member).await;
+    }
+}
+
 struct Proxy {
     connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
