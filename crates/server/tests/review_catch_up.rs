@@ -379,6 +379,79 @@ async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
     }
 }
 
+/// Writes, deletes and compactions go on while the member catches up by
+/// snapshot (the leader streams a view while applying, the follower
+/// installs while entries keep coming), for several rounds of falling
+/// behind: every member must end up with the same HashKV and history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converges() {
+    let mut addrs = Vec::new();
+    for _ in 0..7 {
+        addrs.push(free_addr().await);
+    }
+    let advertised = [addrs[1], addrs[3], addrs[6]];
+    let proxy_c = Proxy::spawn(addrs[6], addrs[5]).await;
+    let names = ["a", "b", "c"];
+    let cluster = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{name}={}", url(advertised[i])))
+        .collect::<Vec<_>>()
+        .join(",");
+    let configs: Vec<ResolvedConfig> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .collect();
+    let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
+    let mut members = vec![
+        start(configs[0].clone(), &fs[0]).await,
+        start(configs[1].clone(), &fs[1]).await,
+        start(configs[2].clone(), &fs[2]).await,
+    ];
+    let a = members[0].client;
+    put_acked(a, "k/start", "1").await;
+    let stop_writer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop_writer = stop_writer.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut revisions = Vec::new();
+            while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+                revisions.push(put_acked(a, &format!("k/{:02}", i % 11), &format!("w-{i}")).await);
+                if i % 7 == 3 {
+                    revisions.push(delete_acked(a, &format!("k/{:02}", (i + 5) % 11)).await);
+                }
+                if i % 25 == 24 && revisions.len() > 10 {
+                    compact_acked(a, revisions[revisions.len() - 8]).await;
+                }
+                i += 1;
+            }
+            revisions
+        })
+    };
+    for round in 0..4 {
+        let c = members.pop().expect("c");
+        stop(c).await;
+        proxy_c.cut();
+        tokio::time::sleep(Duration::from_millis(300 + round * 100)).await;
+        members.push(start(configs[2].clone(), &fs[2]).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_writer.store(true, std::sync::atomic::Ordering::Relaxed);
+    let revisions = writer.await.expect("writer");
+    let n = revisions.len();
+    assert!(n > 40, "only {n} writes");
+    let last = put_acked(a, "k/end", "e").await;
+    let asked = vec![revisions[n - 20], revisions[n - 5], last];
+    let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
+    converge("after rounds of catching up under load", &clients, &asked).await;
+    for member in members {
+        stop(member).await;
+    }
+}
+
 struct Proxy {
     connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
