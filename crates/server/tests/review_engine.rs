@@ -508,3 +508,86 @@ async fn acknowledged_writes_survive_an_engine_that_lost_its_unsynced_batches() 
         stop(member).await;
     }
 }
+
+/// Odd numbers in requests: each gets an answer (an error or not), and the
+/// member goes on serving writes and reads, and restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_revisions_limits_and_bounds_are_answered_and_the_member_lives_on() {
+    let disk = Disk::new();
+    let (member, peer_url) = launch(&disk, None).await;
+    let mut client = kv(member.client).await;
+    for n in 0..10u8 {
+        put_retry(&mut client, vec![b'k', b'/', n], vec![n]).await.expect("put");
+    }
+    let mut maintenance =
+        pb::maintenance_client::MaintenanceClient::connect(format!("http://{}", member.client))
+            .await
+            .expect("connect");
+    for revision in [i64::MIN, -1, i64::MAX] {
+        let answer = maintenance.hash_kv(pb::HashKvRequest { revision }).await;
+        eprintln!("hash_kv({revision}): {:?}", answer.map(|a| a.into_inner().hash));
+    }
+    for (revision, limit) in [(i64::MAX, 0), (i64::MIN, 0), (-1, -1), (0, i64::MIN), (0, i64::MAX)] {
+        let answer = client
+            .range(pb::RangeRequest {
+                key: b"k/".to_vec().into(),
+                range_end: b"k0".to_vec().into(),
+                revision,
+                limit,
+                min_mod_revision: i64::MAX,
+                max_create_revision: -5,
+                sort_order: 77,
+                sort_target: -3,
+                ..pb::RangeRequest::default()
+            })
+            .await;
+        eprintln!("range(rev {revision}, limit {limit}): {:?}", answer.map(|a| a.into_inner().count));
+    }
+    for revision in [i64::MIN, -1, 0, i64::MAX] {
+        let answer = client
+            .compact(pb::CompactionRequest {
+                revision,
+                physical: true,
+            })
+            .await;
+        eprintln!("compact({revision}): {:?}", answer.map(|_| ()));
+    }
+    let txn = client
+        .txn(pb::TxnRequest {
+            compare: vec![pb::Compare {
+                key: b"k/".to_vec().into(),
+                range_end: vec![0u8].into(),
+                result: 99,
+                target: -7,
+                target_union: None,
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: b"k/".to_vec().into(),
+                    revision: i64::MIN,
+                    ..pb::RangeRequest::default()
+                })),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: b"k/".to_vec().into(),
+                    revision: i64::MAX,
+                    ..pb::RangeRequest::default()
+                })),
+            }],
+        })
+        .await;
+    eprintln!("txn: {:?}", txn.map(|a| a.into_inner().succeeded));
+    put_retry(&mut client, b"k/alive".to_vec(), b"yes".to_vec())
+        .await
+        .expect("the member still takes writes");
+    assert_eq!(get(&mut client, b"k/alive").await, Some(b"yes".to_vec()));
+    drop(client);
+    stop(member).await;
+    let (member, _) = launch(&disk, Some(peer_url)).await;
+    let mut client = kv(member.client).await;
+    assert_eq!(get(&mut client, b"k/alive").await, Some(b"yes".to_vec()));
+    assert_eq!(get(&mut client, &[b'k', b'/', 9]).await, Some(vec![9]));
+    drop(client);
+    stop(member).await;
+}
