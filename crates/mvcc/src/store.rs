@@ -129,6 +129,8 @@ pub struct Store {
     /// refresh): asked of fjall once per commit, not per request, since the
     /// quota check reads it for every write.
     disk_bytes: AtomicU64,
+    /// The part of it in tables (without the journal), as of the same time.
+    table_bytes: AtomicU64,
     /// Set by an engine failure that may have left the index, the counters
     /// and the pending batch out of step; see the type's documentation.
     failed: bool,
@@ -402,6 +404,7 @@ impl Store {
             "store open"
         );
         let disk_bytes = engine_disk_bytes(&backend);
+        let table_bytes = backend.table_space();
         Ok(Store {
             backend,
             index: rebuilt.index,
@@ -410,6 +413,7 @@ impl Store {
             compacted_revision: rebuilt.compacted_revision,
             stored_bytes: rebuilt.stored_bytes,
             disk_bytes: AtomicU64::new(disk_bytes),
+            table_bytes: AtomicU64::new(table_bytes),
             failed: false,
         })
     }
@@ -449,11 +453,28 @@ impl Store {
         self.disk_bytes.load(Ordering::Relaxed)
     }
 
+    /// What `--quota-backend-bytes` is checked against: the engine's data
+    /// on disk, that is its tables, or the bytes of the versions it keeps
+    /// when that is more (writes not yet flushed from fjall's memtables to
+    /// tables). Not its journal: a bounded write-ahead buffer (fjall
+    /// preallocates it in 64 MiB files and deletes them once flushed) that
+    /// no compaction of history frees. A compaction of history lowers the
+    /// versions' bytes at once; the tables shrink once fjall compacts them,
+    /// or at once by `Defragment` ([`EngineCompactor`]): etcd's way out of
+    /// a full quota (compact, defragment) works here too.
+    pub fn quota_bytes(&self) -> u64 {
+        self.table_bytes
+            .load(Ordering::Relaxed)
+            .max(self.stored_bytes)
+    }
+
     /// Asks the engine its size on disk again (after its files changed
     /// without a commit: a major compaction).
     pub fn refresh_disk_bytes(&self) {
         self.disk_bytes
             .store(engine_disk_bytes(&self.backend), Ordering::Relaxed);
+        self.table_bytes
+            .store(self.backend.table_space(), Ordering::Relaxed);
     }
 
     /// A handle that compacts the engine's files fully, without holding

@@ -281,19 +281,21 @@ stamped!(
 );
 
 impl ServiceContext {
-    /// Refuses a write that adds data once the engine's files on disk are
-    /// at the quota, as etcd does with its database file (ResourceExhausted,
-    /// `etcdserver: mvcc: database space exceeded`). Deletes and compaction,
-    /// which free space once the engine compacts its files, still go
-    /// through. Unlike etcd there is no alarm to disarm: the refusal ends as
-    /// soon as the engine is below its quota again.
+    /// Refuses a write that adds data once the engine's data on disk is at
+    /// the quota (`mvcc::Store::quota_bytes`), as etcd does with its
+    /// database file (ResourceExhausted, `etcdserver: mvcc: database space
+    /// exceeded`). Deletes and compaction still go through; as with etcd,
+    /// what they free comes back once the engine's files are compacted
+    /// (`Defragment`, or fjall's own compactions). Unlike etcd there is no
+    /// alarm to disarm: the refusal ends as soon as the engine is below its
+    /// quota again.
     fn check_quota(&self) -> Result<(), Status> {
         let on_disk = self
             .state()?
             .read()
             .map_err(|error| Status::internal(error.to_string()))?
             .store
-            .disk_bytes();
+            .quota_bytes();
         if on_disk >= self.quota_backend_bytes {
             return Err(errors::NO_SPACE.status());
         }

@@ -351,6 +351,12 @@ impl Backend {
         }
     }
 
+    /// What the live database's tables occupy on disk: the data flushed
+    /// from memtables, without the journal.
+    pub fn table_space(&self) -> u64 {
+        self.engine.kv.disk_space() + self.engine.lease.disk_space() + self.engine.meta.disk_space()
+    }
+
     /// What the live database occupies on disk: its tables and journals
     /// (fjall's `disk_space`).
     pub fn disk_space(&self) -> Result<u64> {

@@ -1,4 +1,4 @@
-//! Adversarial review (issue #12): a member that caught up by snapshot
+//! Found by adversarial review (issue #12), kept: a member that caught up by snapshot
 //! (the leader's engine streamed and installed) must be indistinguishable
 //! from the members that applied the log: same HashKV at every revision,
 //! same history at old revisions, same compaction point, before and after
@@ -75,7 +75,10 @@ async fn put_acked(client: SocketAddr, key: &str, value: &str) -> i64 {
                 return response.into_inner().header.expect("header").revision;
             }
         }
-        assert!(started.elapsed() < DEADLINE, "write {key} never acknowledged");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "write {key} never acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -94,7 +97,10 @@ async fn delete_acked(client: SocketAddr, key: &str) -> i64 {
                 return response.into_inner().header.expect("header").revision;
             }
         }
-        assert!(started.elapsed() < DEADLINE, "delete {key} never acknowledged");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "delete {key} never acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -115,7 +121,10 @@ async fn compact_acked(client: SocketAddr, revision: i64) {
                 Err(_) => {}
             }
         }
-        assert!(started.elapsed() < DEADLINE, "compaction never acknowledged");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "compaction never acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -123,11 +132,17 @@ async fn compact_acked(client: SocketAddr, revision: i64) {
 /// What a member answers about its own state: (current revision, compact
 /// revision, HashKV at each revision asked, every version under `k/` at
 /// each revision asked), serializable.
-type View = (i64, i64, Vec<Result<u32, String>>, Vec<Result<Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>, String>>);
+type View = (
+    i64,
+    i64,
+    Vec<Result<u32, String>>,
+    Vec<Result<Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>, String>>,
+);
 
 async fn view(client: SocketAddr, revisions: &[i64]) -> Option<View> {
-    let mut maintenance =
-        pb::maintenance_client::MaintenanceClient::connect(url(client)).await.ok()?;
+    let mut maintenance = pb::maintenance_client::MaintenanceClient::connect(url(client))
+        .await
+        .ok()?;
     let current = maintenance
         .hash_kv(pb::HashKvRequest { revision: 0 })
         .await
@@ -242,7 +257,15 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
     let configs: Vec<ResolvedConfig> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .map(|(i, name)| {
+            config(
+                name,
+                addrs[2 * i],
+                addrs[2 * i + 1],
+                advertised[i],
+                &cluster,
+            )
+        })
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let mut members = vec![
@@ -329,7 +352,15 @@ async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
     let configs: Vec<ResolvedConfig> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .map(|(i, name)| {
+            config(
+                name,
+                addrs[2 * i],
+                addrs[2 * i + 1],
+                advertised[i],
+                &cluster,
+            )
+        })
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let mut members = vec![
@@ -344,7 +375,12 @@ async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
     let mut revisions = Vec::new();
     for i in 0..40 {
         revisions.push(
-            put_acked(members[0].client, &format!("k/{:02}", i % 9), &format!("v-{i}")).await,
+            put_acked(
+                members[0].client,
+                &format!("k/{:02}", i % 9),
+                &format!("v-{i}"),
+            )
+            .await,
         );
         if i % 6 == 5 {
             revisions.push(delete_acked(members[0].client, &format!("k/{:02}", (i + 4) % 9)).await);
@@ -401,7 +437,15 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
     let configs: Vec<ResolvedConfig> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| config(name, addrs[2 * i], addrs[2 * i + 1], advertised[i], &cluster))
+        .map(|(i, name)| {
+            config(
+                name,
+                addrs[2 * i],
+                addrs[2 * i + 1],
+                advertised[i],
+                &cluster,
+            )
+        })
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let mut members = vec![

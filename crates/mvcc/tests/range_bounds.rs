@@ -1,4 +1,4 @@
-//! Adversarial review (issue #12): which keys a range names, for keys that
+//! Found by adversarial review (issue #12), kept: which keys a range names, for keys that
 //! share a prefix of zero bytes with the range's bounds.
 
 mod common;
@@ -35,7 +35,14 @@ fn keys_in(store: &TestStore, key: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
 #[test]
 fn a_key_that_is_a_zero_prefix_of_the_range_start_is_outside_the_range() {
     let mut store = TestStore::default();
-    for key in [&[0u8; 3][..], &[0u8; 5][..], &[0u8; 6][..], &[0u8; 9][..], &[0u8; 12][..], b"a"] {
+    for key in [
+        &[0u8; 3][..],
+        &[0u8; 5][..],
+        &[0u8; 6][..],
+        &[0u8; 9][..],
+        &[0u8; 12][..],
+        b"a",
+    ] {
         put(&mut store, key);
     }
     for (start, end) in [
@@ -44,14 +51,20 @@ fn a_key_that_is_a_zero_prefix_of_the_range_start_is_outside_the_range() {
         (vec![0u8; 10], vec![0xFFu8]),
         (vec![0u8; 10], vec![0u8]),
     ] {
-        let mut expected: Vec<Vec<u8>> = [&[0u8; 3][..], &[0u8; 5][..], &[0u8; 6][..], &[0u8; 9][..], &[0u8; 12][..], b"a"]
-            .iter()
-            .map(|key| key.to_vec())
-            .filter(|key| {
-                key.as_slice() >= start.as_slice()
-                    && (end == [0u8] || key.as_slice() < end.as_slice())
-            })
-            .collect();
+        let mut expected: Vec<Vec<u8>> = [
+            &[0u8; 3][..],
+            &[0u8; 5][..],
+            &[0u8; 6][..],
+            &[0u8; 9][..],
+            &[0u8; 12][..],
+            b"a",
+        ]
+        .iter()
+        .map(|key| key.to_vec())
+        .filter(|key| {
+            key.as_slice() >= start.as_slice() && (end == [0u8] || key.as_slice() < end.as_slice())
+        })
+        .collect();
         expected.sort();
         assert_eq!(
             keys_in(&store, &start, &end),
@@ -74,8 +87,15 @@ fn a_delete_range_leaves_a_shorter_zero_key_before_its_start() {
             ..DeleteRangeRequest::default()
         },
     )));
-    assert_eq!(keys_in(&store, &[0u8; 3], &[]), vec![vec![0u8; 3]], "[0;3] was deleted");
-    assert!(keys_in(&store, &[0u8; 20], &[]).is_empty(), "[0;20] survived");
+    assert_eq!(
+        keys_in(&store, &[0u8; 3], &[]),
+        vec![vec![0u8; 3]],
+        "[0;3] was deleted"
+    );
+    assert!(
+        keys_in(&store, &[0u8; 20], &[]).is_empty(),
+        "[0;20] survived"
+    );
 }
 
 /// The delete of the server test, at the store: keys at the size limit.
@@ -98,9 +118,16 @@ fn a_delete_range_with_long_bounds_leaves_a_long_zero_key_before_its_start() {
             ..DeleteRangeRequest::default()
         },
     )));
-    assert_eq!(keys_in(&store, &zeros, &[]).len(), 1, "[0; MAX] was deleted");
+    assert_eq!(
+        keys_in(&store, &zeros, &[]).len(),
+        1,
+        "[0; MAX] was deleted"
+    );
     assert!(keys_in(&store, &ones, &[]).is_empty(), "[FF; MAX] survived");
-    assert!(keys_in(&store, &k_zeros, &[]).is_empty(), "k[0; MAX-1] survived");
+    assert!(
+        keys_in(&store, &k_zeros, &[]).is_empty(),
+        "k[0; MAX-1] survived"
+    );
 }
 
 /// The same delete inside a transaction, as the server test sends it.
@@ -123,17 +150,23 @@ fn a_txn_delete_range_with_long_bounds_leaves_a_long_zero_key_before_its_start()
             ..Compare::default()
         }],
         success: vec![RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: vec![0u8; 70_000].into(),
-                range_end: vec![0xFFu8; 70_000].into(),
-                prev_kv: true,
-                ..DeleteRangeRequest::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: vec![0u8; 70_000].into(),
+                    range_end: vec![0xFFu8; 70_000].into(),
+                    prev_kv: true,
+                    ..DeleteRangeRequest::default()
+                },
+            )),
         }],
         ..TxnRequest::default()
     })));
     eprintln!("{response:?}");
-    assert_eq!(keys_in(&store, &zeros, &[]).len(), 1, "[0; MAX] was deleted");
+    assert_eq!(
+        keys_in(&store, &zeros, &[]).len(),
+        1,
+        "[0; MAX] was deleted"
+    );
     assert!(keys_in(&store, &ones, &[]).is_empty(), "[FF; MAX] survived");
 }
 
@@ -163,16 +196,22 @@ fn server_sequence_at_the_store() {
                 ..Compare::default()
             }],
             success: vec![RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                    key: vec![0u8; 70_000].into(),
-                    range_end: vec![0xFFu8; 70_000].into(),
-                    prev_kv: true,
-                    ..DeleteRangeRequest::default()
-                })),
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: vec![0u8; 70_000].into(),
+                        range_end: vec![0xFFu8; 70_000].into(),
+                        prev_kv: true,
+                        ..DeleteRangeRequest::default()
+                    },
+                )),
             }],
             ..TxnRequest::default()
         })));
-        assert_eq!(keys_in(&store, &zeros, &[]).len(), 1, "[0; MAX] gone after txn");
+        assert_eq!(
+            keys_in(&store, &zeros, &[]).len(),
+            1,
+            "[0; MAX] gone after txn"
+        );
     }
     store.apply(&entry(internal_request::Request::DeleteRange(
         DeleteRangeRequest {
@@ -181,15 +220,25 @@ fn server_sequence_at_the_store() {
         },
     )));
     let revision = store.current_revision();
-    store.apply(&entry(internal_request::Request::Compaction(CompactionRequest {
-        revision,
-        physical: true,
-    })));
-    assert_eq!(keys_in(&store, &zeros, &[]).len(), 1, "[0; MAX] gone after compaction");
+    store.apply(&entry(internal_request::Request::Compaction(
+        CompactionRequest {
+            revision,
+            physical: true,
+        },
+    )));
+    assert_eq!(
+        keys_in(&store, &zeros, &[]).len(),
+        1,
+        "[0; MAX] gone after compaction"
+    );
     for _ in 0..8 {
         put(&mut store, b"k/small");
     }
     assert_eq!(keys_in(&store, &zeros, &[]).len(), 1, "[0; MAX] gone");
     store.reopen();
-    assert_eq!(keys_in(&store, &zeros, &[]).len(), 1, "[0; MAX] gone after reopen");
+    assert_eq!(
+        keys_in(&store, &zeros, &[]).len(),
+        1,
+        "[0; MAX] gone after reopen"
+    );
 }
