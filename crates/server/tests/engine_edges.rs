@@ -175,7 +175,6 @@ async fn keys_at_the_size_limit_survive_writes_compaction_and_a_restart() {
                         key: vec![0u8; 70_000].into(),
                         range_end: vec![0xFFu8; 70_000].into(),
                         prev_kv: true,
-                        ..pb::DeleteRangeRequest::default()
                     },
                 )),
             }],
