@@ -115,7 +115,6 @@ fn a_delete_range_with_long_bounds_leaves_a_long_zero_key_before_its_start() {
             key: Bytes::from(vec![0u8; 70_000]),
             range_end: Bytes::from(vec![0xFFu8; 70_000]),
             prev_kv: true,
-            ..DeleteRangeRequest::default()
         },
     )));
     assert_eq!(
@@ -155,7 +154,6 @@ fn a_txn_delete_range_with_long_bounds_leaves_a_long_zero_key_before_its_start()
                     key: vec![0u8; 70_000].into(),
                     range_end: vec![0xFFu8; 70_000].into(),
                     prev_kv: true,
-                    ..DeleteRangeRequest::default()
                 },
             )),
         }],
@@ -201,7 +199,6 @@ fn server_sequence_at_the_store() {
                         key: vec![0u8; 70_000].into(),
                         range_end: vec![0xFFu8; 70_000].into(),
                         prev_kv: true,
-                        ..DeleteRangeRequest::default()
                     },
                 )),
             }],
