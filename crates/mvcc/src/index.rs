@@ -344,6 +344,14 @@ impl KeyIndex {
         self.histories.get(key)?.visible_at(at)
     }
 
+    /// [`KeyIndex::get`] with the index's own copy of the key: one hash
+    /// lookup, where a range over the ordered set would descend the B-tree
+    /// (comparing keys) and skip the invisible keys after `key`.
+    pub fn get_entry(&self, key: &[u8], at: i64) -> Option<(&Bytes, VersionInfo)> {
+        let (key, history) = self.histories.get_key_value(key)?;
+        history.visible_at(at).map(|info| (key, info))
+    }
+
     /// Keys in `[start, end)` visible at `at`, in key order. `end = None`
     /// means unbounded.
     pub fn range<'a>(

@@ -913,11 +913,7 @@ impl Store {
         at: i64,
     ) -> Box<dyn Iterator<Item = (&'a Bytes, VersionInfo)> + 'a> {
         match range_end(end) {
-            RangeEnd::Single => Box::new(
-                self.index
-                    .range(key, None, at)
-                    .take_while(move |(k, _)| k.as_ref() == key),
-            ),
+            RangeEnd::Single => Box::new(self.index.get_entry(key, at).into_iter()),
             RangeEnd::Unbounded => Box::new(self.index.range(key, None, at)),
             RangeEnd::Before(end) => Box::new(self.index.range(key, Some(end), at)),
         }
