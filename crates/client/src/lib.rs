@@ -411,6 +411,18 @@ impl Client {
         .await
     }
 
+    /// `Maintenance.Defragment` of one endpoint: that member compacts its
+    /// storage files; answered once done.
+    pub async fn defragment(&self, position: usize) -> Result<pb::DefragmentResponse, ClientError> {
+        self.at_endpoint(position, |channel| async move {
+            pb::maintenance_client::MaintenanceClient::new(channel)
+                .defragment(pb::DefragmentRequest::default())
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
     /// `Maintenance.HashKV` of one endpoint at `revision` (0: current).
     pub async fn hash_kv(
         &self,

@@ -63,6 +63,11 @@ pub enum Error {
     #[error("snapshot installer at {installer} does not belong to the backend at {root}")]
     ForeignInstaller { installer: PathBuf, root: PathBuf },
 
+    /// An earlier engine failure left the MVCC store's memory out of step
+    /// with its engine; only reopening it helps.
+    #[error("the store failed earlier and must be reopened")]
+    StoreFailed,
+
     /// The snapshot stream ended (or was installed) before its end record.
     #[error("snapshot stream incomplete: {0}")]
     SnapshotIncomplete(String),

@@ -36,12 +36,18 @@
 use crate::error::{Error, Result};
 use std::ops::Bound;
 
-/// The largest key fjall accepts (its documented limit is 65536 bytes);
-/// encoded keys above it are refused with [`Error::KeyTooLarge`].
-pub const ENCODED_KEY_BYTES_MAX: usize = 65_536;
+/// The largest key fjall accepts: its documentation says 65536 bytes, but
+/// lsm-tree asserts `u16::try_from(len)` (it stores the length in a u16),
+/// so 65535 is the most that does not panic. Encoded keys above it are
+/// refused with [`Error::KeyTooLarge`].
+pub const ENCODED_KEY_BYTES_MAX: usize = 65_535;
 
 /// Bytes of the terminator plus the revision after the escaped user key.
 const SUFFIX_BYTES: usize = 2 + 16;
+
+/// The longest user key whose every version encodes, whatever its bytes:
+/// escaping at most doubles a key (all zeros), then the suffix follows.
+pub const USER_KEY_BYTES_MAX: usize = (ENCODED_KEY_BYTES_MAX - SUFFIX_BYTES) / 2;
 
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 /// Sorts after every version of a key and before the next user key.
@@ -294,23 +300,40 @@ impl VersionRecord {
 
     /// Inverse of [`VersionRecord::encode`].
     pub fn decode(encoded: &[u8]) -> Result<Self> {
-        match encoded.split_first() {
-            Some((&TAG_PUT, value)) => Ok(VersionRecord::Put(value.to_vec())),
-            Some((&TAG_TOMBSTONE, [])) => Ok(VersionRecord::Tombstone),
-            Some((&TAG_TOMBSTONE, _)) => Err(Error::ValueDecode("tombstone with a payload")),
-            Some(_) => Err(Error::ValueDecode("unknown tag")),
-            None => Err(Error::ValueDecode("empty value")),
-        }
+        Ok(match decode_value(encoded)? {
+            Some(value) => VersionRecord::Put(value.to_vec()),
+            None => VersionRecord::Tombstone,
+        })
     }
 }
 
 /// The engine value of a put, without building a [`VersionRecord`] first
 /// (one copy of the value instead of two on the write path).
 pub(crate) fn encode_put(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + value.len());
+    encode_put_parts(&[value])
+}
+
+/// The engine value of a put whose value is the concatenation of `parts`.
+pub(crate) fn encode_put_parts(parts: &[&[u8]]) -> Vec<u8> {
+    let len = parts.iter().map(|part| part.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(1 + len);
     out.push(TAG_PUT);
-    out.extend_from_slice(value);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out
+}
+
+/// The payload of an encoded put (without copying it), `None` for a
+/// tombstone.
+pub(crate) fn decode_value(encoded: &[u8]) -> Result<Option<&[u8]>> {
+    match encoded.split_first() {
+        Some((&TAG_PUT, value)) => Ok(Some(value)),
+        Some((&TAG_TOMBSTONE, [])) => Ok(None),
+        Some((&TAG_TOMBSTONE, _)) => Err(Error::ValueDecode("tombstone with a payload")),
+        Some(_) => Err(Error::ValueDecode("unknown tag")),
+        None => Err(Error::ValueDecode("empty value")),
+    }
 }
 
 /// One version of one key, as read back from the backend.
@@ -446,6 +469,15 @@ mod tests {
             encode_key(&key, Revision::new(1, 0)),
             Err(Error::KeyTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn every_key_up_to_the_user_limit_encodes() {
+        let zeros = vec![0u8; USER_KEY_BYTES_MAX];
+        let encoded = encode_key(&zeros, Revision::new(i64::MAX, i64::MAX)).unwrap();
+        assert!(encoded.len() <= ENCODED_KEY_BYTES_MAX);
+        let too_long = vec![0u8; USER_KEY_BYTES_MAX + 1];
+        assert!(encode_key(&too_long, Revision::new(1, 0)).is_err());
     }
 
     #[test]

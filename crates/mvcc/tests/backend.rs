@@ -89,7 +89,7 @@ fn batch_commits_data_and_metadata_together() {
     batch.set_compacted_revision(1);
     batch.set_applied(10, 3);
     let view_before = backend.read();
-    batch.commit().unwrap();
+    backend.commit(batch).unwrap();
 
     // A view taken before the commit does not see it.
     assert_eq!(view_before.get(b"a", Revision::new(2, 0)).unwrap(), None);
@@ -136,14 +136,14 @@ fn an_applied_index_that_does_not_grow_is_refused_and_writes_nothing() {
     let backend = Backend::open(dir.path()).unwrap();
     let mut batch = backend.write_batch();
     batch.set_applied(5, 1);
-    batch.commit().unwrap();
+    backend.commit(batch).unwrap();
     let before = dump(&backend);
     for stale in [5, 4, 0] {
         let mut batch = backend.write_batch();
         batch.put(b"k", Revision::new(1, 0), b"v").unwrap();
         batch.set_applied(stale, 1);
         assert!(matches!(
-            batch.commit(),
+            backend.commit(batch),
             Err(Error::AppliedRegression {
                 applied: 5,
                 attempted
@@ -189,7 +189,7 @@ fn scenario(backend: &Backend) {
                 .unwrap();
         }
         batch.set_applied(index as u64 + 1, 1);
-        batch.commit().unwrap();
+        backend.commit(batch).unwrap();
     }
 }
 
@@ -287,12 +287,12 @@ fn latest_at_stays_fast_with_long_histories() {
             batch.put(b"hot", Revision::new(main, 0), b"v").unwrap();
         }
         batch.set_applied(block as u64 + 1, 1);
-        batch.commit().unwrap();
+        backend.commit(batch).unwrap();
     }
     let mut batch = backend.write_batch();
     batch.put(b"next", Revision::new(5, 0), b"n").unwrap();
     batch.set_applied(100, 1);
-    batch.commit().unwrap();
+    backend.commit(batch).unwrap();
     let view = backend.read();
     let all = KeyRange::from_key(Vec::new());
     let started = std::time::Instant::now();
@@ -516,7 +516,7 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 batch.set_current_revision(main);
                 batch.set_applied(index, main as u64);
-                let result = batch.commit();
+                let result = backend.commit(batch);
                 let mut model = pending.model.take().unwrap();
                 if stale {
                     let refused = matches!(result, Err(Error::AppliedRegression { .. }));
@@ -606,7 +606,7 @@ proptest! {
                 model.insert((key, revision), record);
             }
             batch.set_applied(index as u64 + 1, 1);
-            batch.commit().unwrap();
+            backend.commit(batch).unwrap();
         }
         let view = backend.read();
         for (start, end, at) in queries {

@@ -264,7 +264,7 @@ fn snapshot_install_survives_sigkill_at_any_point() {
             .put(b"after-crash", Revision::new(1_000_000, 0), b"x")
             .unwrap();
         batch.set_applied(backend.applied().index + 1, 99);
-        batch.commit().unwrap();
+        backend.commit(batch).unwrap();
     }
 }
 
@@ -325,7 +325,7 @@ fn commit_batch_for(backend: &Backend, i: u64) {
     }
     batch.set_current_revision(main);
     batch.set_applied(i, 1);
-    batch.commit().unwrap();
+    backend.commit(batch).unwrap();
 }
 
 /// Checks that the data reflects exactly the batches `1..=applied`.

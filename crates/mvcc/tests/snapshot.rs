@@ -64,7 +64,7 @@ fn snapshot_round_trip_copies_every_keyspace() {
     let mut batch = target.write_batch();
     batch.put(b"after", Revision::new(1000, 0), b"x").unwrap();
     batch.set_applied(target.applied().index + 1, 9);
-    batch.commit().unwrap();
+    target.commit(batch).unwrap();
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn snapshot_is_consistent_while_writes_continue() {
             .unwrap();
     }
     batch.set_applied(source.applied().index + 1, 5);
-    batch.commit().unwrap();
+    source.commit(batch).unwrap();
     for chunk in stream {
         chunks.push(chunk.unwrap());
     }

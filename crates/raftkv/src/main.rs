@@ -139,8 +139,8 @@ struct ServerFlags {
     /// Milliseconds.
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT")]
     election_timeout: Option<u64>,
-    /// Applied entries between snapshots of the state (default 100000, as
-    /// etcd's).
+    /// Applied entries between snapshots of the state: the engine is synced
+    /// and the log compacted (default 10000, as etcd 3.6's).
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT")]
     snapshot_count: Option<u64>,
     /// Entries kept in the log after a snapshot, for followers slightly
@@ -153,6 +153,9 @@ struct ServerFlags {
     snapshot_catchup_entries: Option<u64>,
     #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES")]
     quota_backend_bytes: Option<u64>,
+    /// Bytes of the storage engine's block cache (default 64 MiB).
+    #[arg(long, env = "RAFTKV_BACKEND_CACHE_BYTES")]
+    backend_cache_bytes: Option<u64>,
     #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<u64>,
     #[arg(long, env = "RAFTKV_MAX_TXN_OPS")]
@@ -185,6 +188,7 @@ impl ServerFlags {
             snapshot_count,
             snapshot_catchup_entries,
             quota_backend_bytes,
+            backend_cache_bytes,
             max_request_bytes,
             max_txn_ops
         );
@@ -338,8 +342,7 @@ async fn run_member(
         opened.config,
         listeners,
         opened.storage.log,
-        opened.storage.snapshots,
-        opened.storage.restored,
+        opened.storage.state,
         opened.raft,
         shutdown,
     )

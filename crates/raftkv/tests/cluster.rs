@@ -474,7 +474,8 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
             "100",
         ],
     );
-    cluster.log_filter = "warn,server::server=info,server::node=info".to_string();
+    cluster.log_filter =
+        "warn,server::server=info,server::node=info,server::state=info".to_string();
     let leader = cluster.leader();
     let follower = (leader + 1) % 3;
     cluster.kill(follower);
@@ -507,13 +508,21 @@ fn a_follower_stopped_during_10000_writes_catches_up_through_a_snapshot() {
 
     let (_, log) = cluster.terminate(follower);
     assert!(
-        log.contains("installed a snapshot from the leader"),
+        log.contains("installed a snapshot received from the leader"),
         "the follower caught up from a snapshot, not the log:\n{log}"
     );
-    let snapshots: Vec<_> = std::fs::read_dir(cluster.data_dir(follower).join("member/snap"))
-        .expect("snapshot dir")
+    let engine = cluster.data_dir(follower).join("member/engine");
+    let generations: Vec<_> = std::fs::read_dir(&engine)
+        .expect("engine dir")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("db-"))
         .collect();
-    assert_eq!(snapshots.len(), 1, "one snapshot file is kept");
+    assert_eq!(
+        generations.len(),
+        1,
+        "the installed engine replaced the old one in {}",
+        engine.display()
+    );
 
     // Every member restarts from its snapshot and the rest of its log.
     for position in 0..3 {

@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use wal::fs::{FileSystem, StdFs};
-use wal::SnapshotFiles;
 
 use tokio_stream::StreamExt as _;
 
@@ -29,8 +28,8 @@ use crate::peer::{LocalIdentity, PeerService, Transport, PEER_MESSAGE_BYTES_MAX}
 use crate::services::{
     ClusterService, KvService, LeaseService, MaintenanceService, ServiceContext, WatchService,
 };
-use crate::state::{KvStateMachine, ReplicatedState, SharedState};
-use crate::storage::{open_member_storage_on, MemberStorage, StorageOpenError};
+use crate::state::{KvStateMachine, SharedState};
+use crate::storage::{engine_dir, open_member_storage_on, MemberStorage, StorageOpenError};
 
 /// How long in-flight client requests may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -82,10 +81,13 @@ pub fn open_member(
     config: ResolvedConfig,
     segment_bytes: u64,
 ) -> Result<OpenedMember, ServerError> {
-    open_member_on(Arc::new(StdFs), config, segment_bytes)
+    let engine = engine_dir(&config.data_dir);
+    open_member_on(Arc::new(StdFs), &engine, config, segment_bytes)
 }
 
-/// Opens the member's data dir, settles its identity, and builds its Raft:
+/// Opens the member's data dir (its engine in `engine_dir`, which is
+/// `<data-dir>/member/engine` but for tests whose log is on a simulated
+/// file system), settles its identity, and builds its Raft:
 /// restarted from the log and snapshot if the data dir holds any (the
 /// bootstrap flags are then ignored), else a new cluster bootstrapped from
 /// `--initial-cluster`.
@@ -95,16 +97,24 @@ pub fn open_member(
 /// recorded ones replace the flags' (`identity::establish`).
 pub fn open_member_on(
     fs: Arc<dyn FileSystem>,
+    engine_dir: &std::path::Path,
     config: ResolvedConfig,
     segment_bytes: u64,
 ) -> Result<OpenedMember, ServerError> {
-    let mut storage =
-        open_member_storage_on(fs.clone(), &config.data_dir, segment_bytes).map_err(|source| {
-            ServerError::Open {
-                data_dir: config.data_dir.clone(),
-                source,
-            }
-        })?;
+    let options = mvcc::StoreOptions {
+        cache_bytes: config.backend_cache_bytes,
+    };
+    let mut storage = open_member_storage_on(
+        fs.clone(),
+        &config.data_dir,
+        engine_dir,
+        segment_bytes,
+        &options,
+    )
+    .map_err(|source| ServerError::Open {
+        data_dir: config.data_dir.clone(),
+        source,
+    })?;
     // Refused before anything is recorded: a corrected restart must get the
     // ids its own flags derive.
     if storage.initial.is_none() && config.initial_cluster_state == InitialClusterState::Existing {
@@ -178,14 +188,13 @@ impl Listeners {
     }
 }
 
-/// Runs a member until `shutdown` resolves. `restored` is the state machine
-/// read from the newest snapshot in `snapshots`, if any.
+/// Runs a member until `shutdown` resolves. `state` is the state machine as
+/// its engine holds it.
 pub async fn run<L: LogStorage>(
     config: ResolvedConfig,
     listeners: Listeners,
     log: L,
-    snapshots: SnapshotFiles,
-    restored: Option<ReplicatedState>,
+    state: SharedState,
     raft: Raft,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -194,10 +203,8 @@ pub async fn run<L: LogStorage>(
         member_id: config.member_id,
     };
     let (peer_events, node_inbox) = inbox();
-    let peer_service =
-        PeerService::new(identity, peer_events.clone()).with_snapshot_files(snapshots.clone());
-    let mut transport =
-        Transport::new(identity, peer_events).with_snapshot_files(snapshots.clone());
+    let peer_service = PeerService::new(identity, peer_events.clone()).with_state(&state);
+    let mut transport = Transport::new(identity, peer_events).with_state(&state);
     if let Some(address) = config.listen_peer_addrs.first() {
         transport = transport.with_local_address(address.ip());
     }
@@ -209,11 +216,7 @@ pub async fn run<L: LogStorage>(
     for member in &config.initial_members {
         transport.set_peer(member.id, member.peer_urls.clone());
     }
-    let state = match restored {
-        Some(restored) => SharedState::restored(restored),
-        None => SharedState::new(),
-    };
-    let state_machine = KvStateMachine::new(state.clone(), Some(snapshots))
+    let state_machine = KvStateMachine::new(state.clone())
         .map_err(|error| ServerError::Storage(error.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -255,7 +258,7 @@ pub async fn run<L: LogStorage>(
         cluster_id: config.cluster_id,
         member_id: config.member_id,
         node: node.handle.clone(),
-        state: state.clone(),
+        state: state.downgrade(),
         transport: transport.clone(),
         request_timeout,
         max_request_bytes: config.max_request_bytes,
@@ -365,6 +368,15 @@ pub async fn run<L: LogStorage>(
     for server in peer_servers {
         server.abort();
         let _ = server.await;
+    }
+    // Requests and transfers still finishing hold the state for a moment;
+    // once they let go the engine closes, and a member restarted in this
+    // process can open it again.
+    if !state.close_within(SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            name = config.name,
+            "the state machine's engine is still in use after the member stopped"
+        );
     }
     tracing::info!(name = config.name, "raftkv member stopped");
     if node_failed {

@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::errors;
 use crate::node::{NodeError, NodeHandle};
 use crate::peer::Transport;
-use crate::state::SharedState;
+use crate::state::{SharedState, WeakState};
 
 /// Everything the client services share.
 #[derive(Clone)]
@@ -28,7 +28,9 @@ pub struct ServiceContext {
     pub cluster_id: u64,
     pub member_id: u64,
     pub node: NodeHandle,
-    pub state: SharedState,
+    /// Weak: connections can outlive the member that accepted them, and
+    /// its engine must close when it stops.
+    pub state: WeakState,
     pub transport: Transport,
     pub request_timeout: Duration,
     pub max_request_bytes: u64,
@@ -45,11 +47,28 @@ pub struct ServiceContext {
     pub quota_backend_bytes: u64,
 }
 
-fn apply_error_status(error: &kv::ApplyError) -> Status {
+fn apply_error_status(error: &mvcc::ApplyError) -> Status {
     Status::new(Code::from_i32(error.grpc_code), error.message)
 }
 
+/// A read refused with etcd's error, or failed in the engine (internal: the
+/// data on disk could not be read).
+fn read_error_status(error: &mvcc::ReadError) -> Status {
+    match error {
+        mvcc::ReadError::Refused(refusal) => apply_error_status(refusal),
+        mvcc::ReadError::Engine(engine) => {
+            tracing::error!(error = %engine, "reading the engine failed");
+            Status::internal(format!("reading the state: {engine}"))
+        }
+    }
+}
+
 impl ServiceContext {
+    /// The member's state, unless it stopped.
+    fn state(&self) -> Result<SharedState, Status> {
+        self.state.upgrade().ok_or_else(|| errors::STOPPED.status())
+    }
+
     fn header(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
@@ -75,7 +94,7 @@ impl ServiceContext {
         let request = InternalRequest {
             request: Some(request),
         };
-        kv::validate_request(&request, self.max_txn_ops)
+        mvcc::validate_request(&request, self.max_txn_ops)
             .map_err(|error| apply_error_status(&error))?;
         let payload = Bytes::from(request.encode_to_vec());
         let result = self
@@ -114,7 +133,7 @@ impl pb::kv_server::Kv for KvService {
         let request = request.into_inner();
         let context = &self.0;
         context.check_size(request.encoded_len())?;
-        kv::validate_range(&request).map_err(|error| apply_error_status(&error))?;
+        mvcc::validate_range(&request).map_err(|error| apply_error_status(&error))?;
         if !request.serializable && context.unsafe_local_reads {
             // The test-only broken read: everything this member knows to be
             // committed, without asking whether it still leads. A current
@@ -134,14 +153,14 @@ impl pb::kv_server::Kv for KvService {
                 .await
                 .map_err(Status::from)?;
         }
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let mut response = state
             .store
             .range(&request)
-            .map_err(|error| apply_error_status(&error))?;
+            .map_err(|error| read_error_status(&error))?;
         let revision = response.header.as_ref().map_or(0, |header| header.revision);
         response.header = Some(context.header(revision));
         Ok(Response::new(response))
@@ -262,18 +281,22 @@ stamped!(
 );
 
 impl ServiceContext {
-    /// Refuses a write that adds data once the store is at its quota, as
-    /// etcd does (ResourceExhausted). Deletes and compaction, which free
-    /// space, still go through. Unlike etcd there is no alarm to disarm: the
-    /// refusal ends as soon as the store is below its quota again.
+    /// Refuses a write that adds data once the engine's data on disk is at
+    /// the quota (`mvcc::Store::quota_bytes`), as etcd does with its
+    /// database file (ResourceExhausted, `etcdserver: mvcc: database space
+    /// exceeded`). Deletes and compaction still go through; as with etcd,
+    /// what they free comes back once the engine's files are compacted
+    /// (`Defragment`, or fjall's own compactions). Unlike etcd there is no
+    /// alarm to disarm: the refusal ends as soon as the engine is below its
+    /// quota again.
     fn check_quota(&self) -> Result<(), Status> {
-        let stored = self
-            .state
+        let on_disk = self
+            .state()?
             .read()
             .map_err(|error| Status::internal(error.to_string()))?
             .store
-            .stored_bytes();
-        if stored >= self.quota_backend_bytes {
+            .quota_bytes();
+        if on_disk >= self.quota_backend_bytes {
             return Err(errors::NO_SPACE.status());
         }
         Ok(())
@@ -314,11 +337,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let context = &self.0;
         let status = context.node.status();
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
-        let db_size = state.store.stored_bytes() as i64;
+        // etcd: the database file's size, and the part of it holding data;
+        // here the engine's files, and the bytes of the versions it keeps.
+        let db_size = state.store.disk_bytes() as i64;
+        let db_size_in_use = state.store.stored_bytes() as i64;
         Ok(Response::new(pb::StatusResponse {
             header: Some(context.header(state.store.current_revision())),
             version: context.version.to_string(),
@@ -328,16 +354,33 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_term: status.term,
             raft_applied_index: state.applied_index,
             errors: Vec::new(),
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner: false,
         }))
     }
 
+    /// Compacts this member's engine files fully (etcd defragments its
+    /// database file); answers once done. Unlike etcd's, writes are not
+    /// blocked meanwhile.
     async fn defragment(
         &self,
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        not_yet("Maintenance.Defragment")
+        let context = &self.0;
+        let state = context.state()?;
+        tokio::task::spawn_blocking(move || state.defragment())
+            .await
+            .map_err(|error| Status::internal(format!("defragment: {error}")))?
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let shared = context.state()?;
+        let revision = shared
+            .read()
+            .map_err(|error| Status::internal(error.to_string()))?
+            .store
+            .current_revision();
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(context.header(revision)),
+        }))
     }
 
     /// The whole store's checksum at this member (local, not linearizable,
@@ -347,14 +390,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         let context = &self.0;
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let (hash, _) = state
             .store
             .hash_kv(0)
-            .map_err(|error| apply_error_status(&error))?;
+            .map_err(|error| read_error_status(&error))?;
         Ok(Response::new(pb::HashResponse {
             header: Some(context.header(state.store.current_revision())),
             hash,
@@ -369,14 +412,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let context = &self.0;
         let revision = request.into_inner().revision;
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let (hash, compact_revision) = state
             .store
             .hash_kv(revision)
-            .map_err(|error| apply_error_status(&error))?;
+            .map_err(|error| read_error_status(&error))?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(context.header(state.store.current_revision())),
             hash,
@@ -447,8 +490,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let context = &self.0;
-        let state = context
-            .state
+        let shared = context.state()?;
+        let state = shared
             .read()
             .map_err(|error| Status::internal(error.to_string()))?;
         let members = state

@@ -1,46 +1,42 @@
 //! A member's durable state on disk and how it is put back together at
-//! start: the Raft log (the `wal` crate, in `<data-dir>/member/wal`) and the
-//! state machine's snapshot files (`<data-dir>/member/snap`), both on one
-//! [`FileSystem`] (the real one in a member, `CrashFs` in tests).
+//! start: the Raft log (the `wal` crate, in `<data-dir>/member/wal`, on a
+//! [`FileSystem`]: the real one in a member, `CrashFs` in tests) and the
+//! state machine's engine (`mvcc::Store`, in `<data-dir>/member/engine`).
 //!
-//! Ordering that recovery relies on: a snapshot file is durable before the
-//! log records it (a local snapshot before its `Compacted` marker; a
-//! received one before Raft even sees the message), and an older snapshot
-//! file is removed only after a newer one is recorded in the log (here,
-//! `WalLog::compacted`) or installed (the state machine). So at start the
-//! newest snapshot file is never behind the log's marker. The cases
-//! [`open_member_storage_on`] tells apart:
-//! - fresh start: no log, no snapshot: nothing to restore (bootstrap);
-//! - normal restart: the newest snapshot file is the log's marker (or there
-//!   is neither) and the log's entries follow it;
-//! - snapshot file ahead of the log: a crash between writing the file and
-//!   the `Compacted` marker (the log holds the snapshot's last entry: it is
-//!   recorded as `Compacted`, the entries after it stay), or a received
-//!   snapshot not yet recorded (Raft declined it or the member crashed
-//!   first; the log does not hold its last entry: recorded as `Installed`,
-//!   replacing the log, as the leader's snapshot would). Either way it is
-//!   recorded before anything else happens. A file that disagrees with the
-//!   log at an index the log holds as committed is damage, not a received
-//!   snapshot (Raft takes those only beyond its commit index): an error;
-//! - snapshot file behind the log's marker, none when the log needs one, a
-//!   file whose contents are not the state it is named for, a damaged
-//!   file, a log from an older raftkv: errors naming the file.
+//! What recovery relies on: the engine holds every applied batch committed
+//! before a process crash, and after a power loss at least everything up to
+//! its last `persist` (fsync); the log is compacted (its `Compacted`
+//! marker written, segments purged) only up to an index the engine had
+//! persisted first; a snapshot from the leader is installed in the engine
+//! before the log records it (`Installed`). So at start the engine is never
+//! behind the log's snapshot marker, and the log holds every entry after
+//! what the engine reflects. The cases [`open_member_storage_on`] tells
+//! apart:
+//! - fresh start: no log, empty engine: nothing to restore (bootstrap);
+//! - restart: the engine at or after the log's marker; Raft restarts from
+//!   the marker and hands out the entries after it again, and the applier
+//!   skips those the engine already reflects (a process crash after a
+//!   batch, or a crash between installing a received snapshot and
+//!   recording it);
+//! - the engine behind the log's marker (the entries between are in
+//!   neither), an engine whose applied entry contradicts the committed log,
+//!   an engine with state but no log, a log from an older raftkv: errors
+//!   naming the directory or file at fault.
 //!
-//! Temporaries of snapshot writers that a crash interrupted, and snapshot
-//! files older than the newest, are removed at open (no writer exists yet,
-//! nothing can need them). This module must never start a member whose log
-//! and snapshot disagree in a way that could lose committed entries.
+//! This module must never start a member whose log and state disagree in a
+//! way that could lose committed entries.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use mvcc::StoreOptions;
 use raft::{Entry, HardState, InitialState, Snapshot, SnapshotMetadata};
 use wal::fs::{FileSystem, StdFs};
-use wal::{SnapshotFiles, SnapshotMarkerKind, Wal, WalOptions, WriteBatch};
+use wal::{SnapshotMarkerKind, Wal, WalOptions, WriteBatch};
 
 use crate::node::{LogStorage, StorageError};
-use crate::state::ReplicatedState;
+use crate::state::SharedState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageOpenError {
@@ -50,8 +46,7 @@ pub enum StorageOpenError {
     /// directory) at fault.
     #[error("{}: {reason}", path.display())]
     Inconsistent { path: PathBuf, reason: String },
-    /// The newest snapshot file could not be read as a state (the message
-    /// names the file).
+    /// The engine could not be opened (the message names what failed).
     #[error("{0}")]
     State(#[from] StorageError),
 }
@@ -66,8 +61,6 @@ fn inconsistent(path: &Path, reason: impl Into<String>) -> StorageOpenError {
 /// The WAL as the node's log storage.
 pub struct WalLog {
     wal: Wal,
-    /// Older snapshot files are removed once a newer one is recorded here.
-    snapshots: SnapshotFiles,
     /// Term and vote as last queued: a hard state that changes neither
     /// (only the commit index) needs no sync of its own.
     last_term_vote: (u64, u64),
@@ -126,14 +119,6 @@ impl LogStorage for WalLog {
         if removed > 0 {
             tracing::debug!(segments = removed, "purged log segments below the snapshot");
         }
-        // The marker is durable: a restart starts from this snapshot, and
-        // Raft, having recorded it, sends no older one. An install still
-        // pending is of a newer snapshot (Raft takes one only beyond its
-        // commit index, and this one was applied), so older files can go;
-        // newer ones (received, not yet recorded) stay.
-        self.snapshots
-            .remove_older_than(snapshot)
-            .map_err(|error| StorageError(error.to_string()))?;
         Ok(())
     }
 }
@@ -141,36 +126,50 @@ impl LogStorage for WalLog {
 /// What a member finds in its data dir.
 pub struct MemberStorage {
     pub log: WalLog,
-    pub snapshots: SnapshotFiles,
     /// `None`: nothing on disk yet; the member must bootstrap or join.
     pub initial: Option<InitialState>,
-    /// The state machine restored from the newest snapshot, if there is one.
-    pub restored: Option<ReplicatedState>,
+    /// The state machine, as the engine holds it.
+    pub state: SharedState,
 }
 
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("wal")
 }
 
-pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
+pub fn engine_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("engine")
+}
+
+/// Where raftkv before the engine kept whole-state snapshot files.
+fn legacy_snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("snap")
 }
 
-/// Opens the log and the snapshots of the member in `data_dir` on the real
+/// Opens the log and the engine of the member in `data_dir` on the real
 /// file system and reconciles them.
 pub fn open_member_storage(
     data_dir: &Path,
     segment_bytes: u64,
+    options: &StoreOptions,
 ) -> Result<MemberStorage, StorageOpenError> {
-    open_member_storage_on(Arc::new(StdFs), data_dir, segment_bytes)
+    open_member_storage_on(
+        Arc::new(StdFs),
+        data_dir,
+        &engine_dir(data_dir),
+        segment_bytes,
+        options,
+    )
 }
 
-/// [`open_member_storage`] on any [`FileSystem`]; see the module comment
-/// for the cases.
+/// [`open_member_storage`] with the log on any [`FileSystem`] and the
+/// engine in `engine_dir` (always the real file system: tests put it in a
+/// temporary directory); see the module comment for the cases.
 pub fn open_member_storage_on(
     fs: Arc<dyn FileSystem>,
     data_dir: &Path,
+    engine_dir: &Path,
     segment_bytes: u64,
+    options: &StoreOptions,
 ) -> Result<MemberStorage, StorageOpenError> {
     let legacy = data_dir.join("member").join("raft.log");
     match fs.file_len(&legacy) {
@@ -190,135 +189,93 @@ pub fn open_member_storage_on(
             .into())
         }
     }
-    let snapshots = SnapshotFiles::open(&snapshot_dir(data_dir), fs.clone())?;
-    let (wal, mut recovered) = Wal::open(
+    let legacy_snapshots = legacy_snapshot_dir(data_dir);
+    if fs
+        .list_dir(&legacy_snapshots)
+        .is_ok_and(|names| !names.is_empty())
+    {
+        return Err(inconsistent(
+            &legacy_snapshots,
+            "holds whole-state snapshot files of an earlier raftkv, which kept its state in \
+             memory; this version keeps it in member/engine and does not read them: move the \
+             data dir away to start a new member",
+        ));
+    }
+    let (wal, recovered) = Wal::open(
         &wal_dir(data_dir),
         WalOptions {
             segment_bytes,
-            fs,
+            fs: fs.clone(),
             ..WalOptions::default()
         },
     )?;
-    let newest = snapshots.latest()?;
-    match (&newest, &recovered.snapshot) {
-        (None, Some(marker)) => {
+    let state = SharedState::open(engine_dir, options)?;
+    let engine_applied = state.read()?.store.applied();
+    let has_log = recovered.hard_state.term > 0
+        || !recovered.entries.is_empty()
+        || recovered.snapshot.is_some();
+    if !has_log && engine_applied.index > 0 {
+        return Err(inconsistent(
+            &wal_dir(data_dir),
+            format!(
+                "holds no log, but the engine in {} holds the state up to index {}: the log \
+                 is missing; the data dir is damaged",
+                engine_dir.display(),
+                engine_applied.index
+            ),
+        ));
+    }
+    if let Some(marker) = &recovered.snapshot {
+        if engine_applied.index < marker.index {
             return Err(inconsistent(
-                &snapshots.path_for(marker),
+                engine_dir,
                 format!(
-                    "is missing: the log in {} starts after the snapshot at index {} (term {}), \
-                     but no snapshot file holds it; the data dir is damaged",
-                    wal_dir(data_dir).display(),
-                    marker.index,
-                    marker.term
-                ),
-            ))
-        }
-        (Some((metadata, path)), Some(marker)) if metadata.index < marker.index => {
-            return Err(inconsistent(
-                path,
-                format!(
-                    "is the newest snapshot file (index {}), but the log in {} already starts \
-                     after the snapshot at index {}; the data dir is damaged",
-                    metadata.index,
+                    "holds the state up to index {}, but the log in {} starts after index {}: \
+                     the entries between are in neither; the data dir is damaged",
+                    engine_applied.index,
                     wal_dir(data_dir).display(),
                     marker.index
                 ),
-            ))
+            ));
         }
-        (Some((metadata, path)), Some(marker))
-            if metadata.index == marker.index && metadata.term != marker.term =>
-        {
+        if engine_applied.index == marker.index && engine_applied.term != marker.term {
             return Err(inconsistent(
-                path,
+                engine_dir,
                 format!(
-                    "holds the snapshot at index {} of term {}, but the log in {} records that \
+                    "holds the state at index {} of term {}, but the log in {} records that \
                      index at term {}; the data dir is damaged",
-                    metadata.index,
-                    metadata.term,
+                    engine_applied.index,
+                    engine_applied.term,
                     wal_dir(data_dir).display(),
                     marker.term
                 ),
-            ))
+            ));
         }
-        _ => {}
     }
-
-    let restored = match &newest {
-        Some((metadata, path)) => Some(ReplicatedState::load(&snapshots, path, metadata)?),
-        None => None,
-    };
-
-    if let Some((metadata, newest_path)) = &newest {
-        if metadata.index > recovered.snapshot_index() {
-            // The snapshot file is ahead of the log: record it as Raft would
-            // have. Entries that agree with it at its index stay; otherwise
-            // the log is replaced, as a snapshot from the leader does.
-            let agrees = recovered
-                .entries
-                .iter()
-                .any(|entry| entry.index == metadata.index && entry.term == metadata.term);
-            if !agrees && metadata.index <= recovered.hard_state.commit {
-                // Raft takes a snapshot from the leader only beyond its
-                // commit index, and a local one always agrees with the log:
-                // replacing the log here would drop entries this member
-                // knows are committed.
-                return Err(inconsistent(
-                    newest_path,
-                    format!(
-                        "holds the snapshot at index {} of term {}, which contradicts the \
-                         committed log in {} (commit index {}); the data dir is damaged",
-                        metadata.index,
-                        metadata.term,
-                        wal_dir(data_dir).display(),
-                        recovered.hard_state.commit
-                    ),
-                ));
-            }
-            let kind = if agrees {
-                recovered
-                    .entries
-                    .retain(|entry| entry.index > metadata.index);
-                SnapshotMarkerKind::Compacted
-            } else {
-                recovered.entries.clear();
-                SnapshotMarkerKind::Installed
-            };
-            // The snapshot holds only committed state.
-            recovered.hard_state.commit = recovered.hard_state.commit.max(metadata.index);
-            if recovered.hard_state.term < metadata.term {
-                // A received snapshot the member never got to hand to Raft
-                // (which would have moved to the leader's term first). Its
-                // term is at least the one the entry was written in; no vote
-                // was ever cast in it here.
-                recovered.hard_state.term = metadata.term;
-                recovered.hard_state.vote = 0;
-            }
-            wal.write(WriteBatch {
-                snapshot: Some((metadata, kind)),
-                hard_state: Some(&recovered.hard_state),
-                ..WriteBatch::default()
-            })?;
-            recovered.snapshot = Some(metadata.clone());
-            tracing::info!(
-                index = metadata.index,
-                term = metadata.term,
-                ?kind,
-                "recorded a snapshot file the log did not know of yet"
-            );
+    if engine_applied.index <= recovered.hard_state.commit {
+        let contradicting = recovered
+            .entries
+            .iter()
+            .find(|entry| entry.index == engine_applied.index && entry.term != engine_applied.term);
+        if let Some(entry) = contradicting {
+            return Err(inconsistent(
+                engine_dir,
+                format!(
+                    "holds the state at index {} of term {}, but the committed log in {} holds \
+                     that index at term {}; the data dir is damaged",
+                    engine_applied.index,
+                    engine_applied.term,
+                    wal_dir(data_dir).display(),
+                    entry.term
+                ),
+            ));
         }
-        // The newest snapshot is now the log's: older files serve nothing.
-        snapshots.remove_older_than(metadata)?;
     }
     let log = WalLog {
         last_term_vote: (recovered.hard_state.term, recovered.hard_state.vote),
         wal,
-        snapshots: snapshots.clone(),
     };
-
-    let has_state = recovered.hard_state.term > 0
-        || !recovered.entries.is_empty()
-        || recovered.snapshot.is_some();
-    let initial = has_state.then(|| InitialState {
+    let initial = has_log.then(|| InitialState {
         hard_state: recovered.hard_state,
         snapshot: recovered.snapshot.clone().map(|metadata| Snapshot {
             metadata,
@@ -329,8 +286,7 @@ pub fn open_member_storage_on(
     });
     Ok(MemberStorage {
         log,
-        snapshots,
         initial,
-        restored,
+        state,
     })
 }

@@ -18,9 +18,8 @@ use proto::etcdserverpb as pb;
 use server::config::{ResolvedConfig, ServerConfig};
 use server::server::Listeners;
 use tokio::net::TcpListener;
-use wal::crash_fs::CrashFs;
 
-use common::{bind, url, Member};
+use common::{bind, url, Disk, Member};
 
 /// The tests here rebind freed ports; run them one at a time so that one
 /// test's `bind(":0")` cannot take the port another is about to rebind.
@@ -75,7 +74,7 @@ fn config_with_token(
 const SEGMENT_BYTES: u64 = 1 << 20;
 
 /// Starts a member on one client and one peer listener.
-fn start(config: ResolvedConfig, fs: &CrashFs, client: TcpListener, peer: TcpListener) -> Member {
+fn start(config: ResolvedConfig, fs: &Disk, client: TcpListener, peer: TcpListener) -> Member {
     let listeners = Listeners {
         client: vec![client],
         peer: vec![peer],
@@ -119,7 +118,7 @@ async fn put_succeeds(client: SocketAddr, within: Duration) -> Result<(), String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
     let _serial = serial().await;
-    let fs = CrashFs::new();
+    let fs = Disk::new();
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
     let first = config("a", &client, &peer, &peer_url, &format!("a={peer_url}"));
@@ -151,7 +150,7 @@ async fn a_restart_with_a_respelled_initial_cluster_keeps_the_member_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_another_cluster_token_keeps_the_member_working() {
     let _serial = serial().await;
-    let fs = CrashFs::new();
+    let fs = Disk::new();
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
     let first = config("a", &client, &peer, &peer_url, &format!("a={peer_url}"));
@@ -229,8 +228,8 @@ async fn a_restart_with_the_same_initial_cluster_serves_writes() {
 
 async fn two_members_restart_a(respell_b: bool) {
     let _serial = serial().await;
-    let fs_a = CrashFs::new();
-    let fs_b = CrashFs::new();
+    let fs_a = Disk::new();
+    let fs_b = Disk::new();
     let (client_a, peer_a, client_b, peer_b) =
         (bind().await, bind().await, bind().await, bind().await);
     let (url_a, url_b) = (url(&peer_a), url(&peer_b));

@@ -2,13 +2,16 @@
 //! review: a data dir started under another member's name, a refused join,
 //! IPv6 spellings, crashes around the record.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use server::config::{InitialClusterState, ResolvedConfig, ServerConfig};
 use server::identity;
 use server::server::{open_member_on, ServerError};
-use wal::crash_fs::CrashFs;
+
+use common::Disk;
 
 const CLUSTER: &str = "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380,c=http://127.0.0.1:32380";
 
@@ -42,8 +45,9 @@ fn config(
     .expect("valid config")
 }
 
-fn open(fs: &CrashFs, config: ResolvedConfig) -> Result<ResolvedConfig, ServerError> {
-    open_member_on(Arc::new(fs.clone()), config, 1 << 20).map(|opened| opened.config)
+fn open(disk: &Disk, config: ResolvedConfig) -> Result<ResolvedConfig, ServerError> {
+    open_member_on(Arc::new(disk.fs.clone()), disk.engine(), config, 1 << 20)
+        .map(|opened| opened.config)
 }
 
 /// Member a's data dir started again with `--name b` (and the same
@@ -51,7 +55,7 @@ fn open(fs: &CrashFs, config: ResolvedConfig) -> Result<ResolvedConfig, ServerEr
 /// two initial members one id (and point a's id at b's address).
 #[test]
 fn a_data_dir_refuses_to_start_under_another_initial_members_name() {
-    let fs = CrashFs::new();
+    let fs = Disk::new();
     open(
         &fs,
         config("a", "m", CLUSTER, "t", InitialClusterState::New),
@@ -78,7 +82,7 @@ fn a_data_dir_refuses_to_start_under_another_initial_members_name() {
 /// any fresh data dir, rather than the refused start's.
 #[test]
 fn a_refused_join_leaves_no_identity_record_behind() {
-    let fs = CrashFs::new();
+    let fs = Disk::new();
     let refused = open(
         &fs,
         config("a", "j", CLUSTER, "typo", InitialClusterState::Existing),
@@ -88,7 +92,7 @@ fn a_refused_join_leaves_no_identity_record_behind() {
         "{:?}",
         refused.err()
     );
-    let left = identity::read(&fs, Path::new("/data/j")).expect("readable");
+    let left = identity::read(&fs.fs, Path::new("/data/j")).expect("readable");
     let corrected = config("a", "j", CLUSTER, "t", InitialClusterState::New);
     let opened = open(&fs, corrected.clone()).expect("corrected start");
     assert_eq!(
@@ -156,7 +160,7 @@ fn the_same_flags_derive_etcds_ids() {
 /// same ids and bootstraps (this one should hold).
 #[test]
 fn a_crash_between_the_record_and_the_first_entries_restarts_with_the_same_ids() {
-    let fs = CrashFs::new();
+    let fs = Disk::new();
     let flags = config("a", "c", CLUSTER, "t", InitialClusterState::New);
     let first = open(&fs, flags.clone()).expect("first");
     for seed in [None, Some(1), Some(7)] {
@@ -177,7 +181,7 @@ fn a_crash_mid_record_leaves_no_record_or_the_whole_one() {
     let flags = config("a", "t", CLUSTER, "t", InitialClusterState::New);
     for failing_after in 0..6 {
         for seed in [None, Some(3), Some(11)] {
-            let fs = CrashFs::new();
+            let fs = Disk::new();
             fs.fail_syncs_after(failing_after);
             let _ = open(&fs, flags.clone());
             let after = fs.crash(seed);

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use proto::peer::peer_server::PeerServer;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, SnapshotJob, StateMachine,
-    StorageError,
+    inbox, raft_config, LogStorage, Node, NodeHandle, NodeOptions, StateMachine, StorageError,
 };
 use server::peer::{LocalIdentity, PeerService, Transport};
 use tokio::net::TcpListener;
@@ -71,13 +70,29 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        self.applied_index = snapshot.index;
+    fn reflects(&self, index: u64) -> bool {
+        index <= self.applied_index
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
 
-    fn snapshot_job(&mut self, _snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        Ok(Box::new(|_| Ok(())))
+    fn persist(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError> {
+        self.applied_index = self.applied_index.max(snapshot.index);
+        Ok(true)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
+        assert!(
+            self.applied_index >= snapshot.index,
+            "installed before Raft recorded it"
+        );
+        Ok(())
     }
 
     fn applied_index(&self) -> u64 {

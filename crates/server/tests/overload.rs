@@ -13,8 +13,8 @@ use proto::etcdserverpb as pb;
 use proto::etcdserverpb::kv_server::Kv;
 use raft::{Entry, HardState, Raft, SnapshotMetadata};
 use server::node::{
-    inbox, raft_config, LogStorage, Node, NodeOptions, SnapshotJob, StateMachine, StorageError,
-    APPLY_GAP_MAX, INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX,
+    inbox, raft_config, LogStorage, Node, NodeOptions, StateMachine, StorageError, APPLY_GAP_MAX,
+    INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX,
 };
 use server::peer::{LocalIdentity, Transport};
 use server::services::{KvService, ServiceContext};
@@ -74,12 +74,24 @@ impl StateMachine for SlowApply {
         self.0.apply_conf_change(entry)
     }
 
-    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        self.0.install_snapshot(snapshot)
+    fn reflects(&self, index: u64) -> bool {
+        self.0.reflects(index)
     }
 
-    fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        self.0.snapshot_job(snapshot)
+    fn commit(&mut self) -> Result<(), StorageError> {
+        self.0.commit()
+    }
+
+    fn persist(&mut self) -> Result<(), StorageError> {
+        self.0.persist()
+    }
+
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError> {
+        self.0.install_received(snapshot)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
+        self.0.install_snapshot(snapshot)
     }
 
     fn applied_index(&self) -> u64 {
@@ -156,9 +168,10 @@ async fn flood(name: &str, apply_delay: Duration, persist_delay: Duration) -> Fl
     let (peer_events, node_inbox) = inbox();
     let transport = Transport::new(identity, peer_events);
     let raft = Raft::bootstrap(raft_config(1, 10, 100, 1), &[1]).expect("bootstrap");
-    let state = SharedState::new();
+    let engine = tempfile::tempdir().expect("engine dir");
+    let state = SharedState::open(engine.path(), &mvcc::StoreOptions::default()).expect("open");
     let state_machine = SlowApply(
-        KvStateMachine::new(state.clone(), None).expect("state machine"),
+        KvStateMachine::new(state.clone()).expect("state machine"),
         apply_delay,
     );
     let request_timeout = Duration::from_secs(120);
@@ -188,7 +201,7 @@ async fn flood(name: &str, apply_delay: Duration, persist_delay: Duration) -> Fl
         cluster_id: 1,
         member_id: 1,
         node: handle.clone(),
-        state,
+        state: state.downgrade(),
         transport,
         request_timeout,
         max_request_bytes: 1536 * 1024,

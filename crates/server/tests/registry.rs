@@ -1,7 +1,9 @@
 //! The member registry is replicated state: it comes only from applied
 //! entries (the bootstrap conf changes, each member's publish) or a
 //! snapshot of them, never from a member's own `--initial-cluster`. Real
-//! members (`server::run`) over loopback gRPC, their data on `CrashFs`.
+//! members (`server::run`) over loopback gRPC, their log on `CrashFs`, their
+//! engine in a temporary directory, where the registry's records are read
+//! once the member stopped.
 
 mod common;
 
@@ -9,16 +11,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{bind, conf_change, start, url, ListedMember, Member};
+use common::{bind, conf_change, start, url, Disk, ListedMember, Member};
 use proto::etcdserverpb as pb;
-use raft::{ConfChangeKind, SnapshotMetadata};
+use raft::ConfChangeKind;
 use server::config::{ResolvedConfig, ServerConfig};
 use server::node::StateMachine;
 use server::server::Listeners;
-use server::state::{KvStateMachine, ReplicatedState, SharedState};
+use server::state::{KvStateMachine, SharedState};
 use tokio::net::TcpListener;
-use wal::crash_fs::CrashFs;
-use wal::SnapshotFiles;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -79,18 +79,38 @@ async fn member_list(client: SocketAddr) -> Vec<ListedMember> {
     members
 }
 
-/// The newest snapshot's state, if there is one (a file removed under
-/// the reader counts as none yet).
-fn newest_state(files: &SnapshotFiles) -> Option<(SnapshotMetadata, ReplicatedState)> {
-    let (metadata, path) = files.latest().ok()??;
-    let state = ReplicatedState::load(files, &path, &metadata).ok()?;
-    Some((metadata, state))
+/// The registry's records as the engine in `engine` holds them (the member
+/// using it has stopped): what every member's state and snapshots carry.
+fn registry_records(engine: &std::path::Path) -> std::collections::BTreeMap<u64, Vec<u8>> {
+    let state = SharedState::open(engine, &mvcc::StoreOptions::default()).expect("open engine");
+    let records = state
+        .read()
+        .expect("state")
+        .store
+        .members()
+        .expect("members");
+    records
 }
 
-fn registry_bytes(state: &ReplicatedState) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    state.write_registry(&mut bytes).expect("registry image");
-    bytes
+/// A state machine on an engine in a temporary directory of its own.
+fn state_machine() -> (tempfile::TempDir, SharedState, KvStateMachine) {
+    let dir = tempfile::tempdir().expect("engine dir");
+    let state = SharedState::open(dir.path(), &mvcc::StoreOptions::default()).expect("open");
+    let machine = KvStateMachine::new(state.clone()).expect("state machine");
+    (dir, state, machine)
+}
+
+/// Whether the member at `client` lists every one of `ids` with a name
+/// (their publishes applied there).
+async fn all_published(client: SocketAddr, ids: &[u64]) -> bool {
+    match common::member_list(client).await {
+        Ok(members) => ids.iter().all(|id| {
+            members
+                .iter()
+                .any(|(member, name, _, _)| member == id && !name.is_empty())
+        }),
+        Err(_) => false,
+    }
 }
 
 /// A member restarted with an `--initial-cluster` naming a member the
@@ -99,7 +119,7 @@ fn registry_bytes(state: &ReplicatedState) -> Vec<u8> {
 /// `MemberList` and written into this member's next snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made() {
-    let fs = CrashFs::new();
+    let fs = Disk::new();
     let (client, peer, stranger) = (bind().await, bind().await, bind().await);
     let alone = format!("a={}", url(&peer));
     let first = config("a", &client, &[&peer], &alone);
@@ -116,27 +136,25 @@ async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made(
             peer: vec![peer],
         },
     );
-    let files = member.snapshots.clone();
-    put_until(member.client, "a snapshot holding the publish", || {
-        newest_state(&files).is_some_and(|(_, state)| {
-            state
-                .members
-                .get(&member_id)
-                .is_some_and(|info| info.name == "a")
-        })
+    wait_published(member.client, &[member_id]).await;
+    // Writes past a few snapshots (every 5 entries) and compactions.
+    let mut written = 0;
+    put_until(member.client, "some writes", || {
+        written += 1;
+        written > 12
     })
     .await;
     let before = member_list(member.client).await;
     assert_eq!(before.len(), 1, "{before:?}");
     stop(member).await;
-    let (first_snapshot, first_state) = newest_state(&files).expect("a snapshot");
+    let first_records = registry_records(fs.engine());
+    let peer_url_a = before[0].2[0].clone();
 
     // Restart on the same data with a config that adds a member "c". The
     // peer URL stays the one the member's id comes from; it listens
     // elsewhere (nothing dials a lone member). Its advertised client URL
     // stays too, so that its publish changes nothing.
     let (client, peer) = (bind().await, bind().await);
-    let peer_url_a = first_state.members[&member_id].peer_urls[0].clone();
     let second = ServerConfig {
         listen_client_urls: vec![url(&client)],
         advertise_client_urls: vec![client_url_a],
@@ -158,20 +176,32 @@ async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made(
             peer: vec![peer],
         },
     );
-    let files = member.snapshots.clone();
-    put_until(member.client, "a newer snapshot", || {
-        newest_state(&files).is_some_and(|(metadata, _)| metadata.index > first_snapshot.index)
+    let mut written = 0;
+    put_until(member.client, "more writes, past another snapshot", || {
+        written += 1;
+        written > 12
     })
     .await;
     let after = member_list(member.client).await;
     stop(member).await;
-    let (_, second_state) = newest_state(&files).expect("a snapshot");
     assert_eq!(after, before, "MemberList after the restart");
     assert_eq!(
-        registry_bytes(&second_state),
-        registry_bytes(&first_state),
-        "the registry part of the snapshot"
+        registry_records(fs.engine()),
+        first_records,
+        "the registry the engine holds"
     );
+}
+
+/// Waits until the member at `client` lists every one of `ids` published.
+async fn wait_published(client: SocketAddr, ids: &[u64]) {
+    let started = Instant::now();
+    while !all_published(client, ids).await {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "members {ids:x?} were not all published within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Two members whose configurations list the same cluster differently (the
@@ -180,8 +210,8 @@ async fn a_restart_with_another_initial_cluster_keeps_the_registry_the_log_made(
 /// (and snapshots) differed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_configured_differently_hold_identical_registries() {
-    let fs_a = CrashFs::new();
-    let fs_b = CrashFs::new();
+    let fs_a = Disk::new();
+    let fs_b = Disk::new();
     let (client_a, peer_a1, peer_a2) = (bind().await, bind().await, bind().await);
     let (client_b, peer_b) = (bind().await, bind().await);
     let (a1, a2, b) = (url(&peer_a1), url(&peer_a2), url(&peer_b));
@@ -212,45 +242,35 @@ async fn members_configured_differently_hold_identical_registries() {
             peer: vec![peer_b],
         },
     );
-    let published = |files: &SnapshotFiles| {
-        newest_state(files).is_some_and(|(_, state)| {
-            ids.iter().all(|id| {
-                state
-                    .members
-                    .get(id)
-                    .is_some_and(|info| !info.name.is_empty())
-            })
-        })
-    };
-    let (files_a, files_b) = (member_a.snapshots.clone(), member_b.snapshots.clone());
-    put_until(
-        member_a.client,
-        "both members' snapshots hold both publishes",
-        || published(&files_a) && published(&files_b),
-    )
-    .await;
+    wait_published(member_a.client, &ids).await;
+    wait_published(member_b.client, &ids).await;
     let list_a = member_list(member_a.client).await;
     let list_b = member_list(member_b.client).await;
     stop(member_a).await;
     stop(member_b).await;
     assert_eq!(list_a, list_b, "MemberList on both members");
-    let (_, state_a) = newest_state(&files_a).expect("a's snapshot");
-    let (_, state_b) = newest_state(&files_b).expect("b's snapshot");
+    let records_a = registry_records(fs_a.engine());
     assert_eq!(
-        registry_bytes(&state_a),
-        registry_bytes(&state_b),
-        "the registry part of both snapshots"
+        records_a,
+        registry_records(fs_b.engine()),
+        "the registry both engines hold"
     );
-    let a_urls = &state_a.members[&ids[0]].peer_urls;
-    assert_eq!(a_urls, &vec![a1, a2], "a's peer URLs as a advertises them");
+    let listed_a = list_a
+        .iter()
+        .find(|(id, _, _, _)| *id == ids[0])
+        .expect("a listed");
+    assert_eq!(
+        listed_a.2,
+        vec![a1, a2],
+        "a's peer URLs as a advertises them"
+    );
 }
 
 /// The state machine alone: the registry is what the bootstrap entries and
 /// publishes make it, whatever a member's configuration says.
 #[test]
 fn the_registry_is_built_by_applying_the_bootstrap_entries_and_publishes() {
-    let state = SharedState::new();
-    let mut machine = KvStateMachine::new(state.clone(), None).expect("state machine");
+    let (_dir, state, mut machine) = state_machine();
     for (index, id) in [(1u64, 10u64), (2, 20), (3, 30)] {
         machine
             .apply_conf_change(&conf_change(index, ConfChangeKind::AddVoter, id))
@@ -277,8 +297,7 @@ fn the_registry_is_built_by_applying_the_bootstrap_entries_and_publishes() {
 /// (a gap or a repeat), naming both indexes, and applies nothing of it.
 #[test]
 fn an_entry_out_of_order_stops_the_state_machine_with_both_indexes() {
-    let state = SharedState::new();
-    let mut machine = KvStateMachine::new(state.clone(), None).expect("state machine");
+    let (_dir, state, mut machine) = state_machine();
     machine
         .apply_conf_change(&conf_change(1, ConfChangeKind::AddVoter, 10))
         .expect("apply 1");

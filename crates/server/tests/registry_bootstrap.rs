@@ -20,8 +20,9 @@ use server::state::{KvStateMachine, SharedState};
 #[test]
 #[ignore = "issue 14: bootstrap conf changes must carry the initial members' peer URLs (identical on every member); until then MemberList shows them after each publishes"]
 fn an_initial_member_that_has_not_published_is_listed_with_its_peer_urls() {
-    let state = SharedState::new();
-    let mut machine = KvStateMachine::new(state.clone(), None).expect("state machine");
+    let dir = tempfile::tempdir().expect("engine dir");
+    let state = SharedState::open(dir.path(), &mvcc::StoreOptions::default()).expect("open");
+    let mut machine = KvStateMachine::new(state.clone()).expect("state machine");
     for (index, id) in [(1u64, 10u64), (2, 20), (3, 30)] {
         machine
             .apply_conf_change(&conf_change(index, ConfChangeKind::AddVoter, id))

@@ -1,12 +1,14 @@
 //! A follower that crashes while catching up by snapshot restarts and
 //! converges. Of three members, `c` falls behind the leader's log and comes
-//! back while writes go on, so that it catches up by snapshot (received
-//! file, Raft, `Installed` marker, apply-thread install, removal of older
-//! files) while its own snapshot jobs run too. Its disk loses power at a
-//! moment of that chosen by the seed (a snapshot writer at work, a new
-//! file finished, or a short wait), and it restarts on what survived. It
-//! must start, converge to the leader's data, and list the same members, in
-//! the same order, as every other member.
+//! back while writes go on, so that it catches up by snapshot (the leader's
+//! engine streamed into a new generation, installed by the apply thread,
+//! then recorded by Raft: `Installed` marker) while its own snapshots
+//! (engine syncs, log compactions) run too. Its log's disk loses power at a
+//! moment of that chosen by the seed (a received generation being built, a
+//! new generation installed, or a short wait), and it restarts on what
+//! survived, its engine as the process left it. It must start, converge to
+//! the leader's data, and list the same members, in the same order, as
+//! every other member.
 
 mod common;
 
@@ -15,13 +17,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{addr_url as url, ListedMember, Member};
+use common::{addr_url as url, Disk, ListedMember, Member};
 use proto::etcdserverpb as pb;
 use server::config::{ResolvedConfig, ServerConfig};
 use server::server::{Listeners, ServerError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use wal::crash_fs::CrashFs;
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
@@ -47,7 +48,7 @@ fn config(
 }
 
 /// Starts (or restarts) the member on the addresses its config names.
-async fn start(config: ResolvedConfig, fs: &CrashFs) -> Member {
+async fn start(config: ResolvedConfig, fs: &Disk) -> Member {
     let listeners = Listeners {
         client: vec![common::rebind(config.listen_client_addrs[0], DEADLINE).await],
         peer: vec![common::rebind(config.listen_peer_addrs[0], DEADLINE).await],
@@ -183,7 +184,7 @@ async fn one_run(seed: u64) {
             )
         })
         .collect();
-    let fs: Vec<CrashFs> = (0..3).map(|_| CrashFs::new()).collect();
+    let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let a = start(configs[0].clone(), &fs[0]).await;
     let b = start(configs[1].clone(), &fs[1]).await;
     let c = start(configs[2].clone(), &fs[2]).await;
@@ -214,24 +215,31 @@ async fn one_run(seed: u64) {
             let _ = put(writer_client, &format!("k/{i:05}"), &format!("{seed}-{i}")).await;
         }
     });
-    // Cut the power when c's snapshot directory shows a writer at work
-    // (mode 0), a finished file newer than the ones c had (mode 1), or
-    // after a short wait (mode 2).
-    let snap_dir = server::storage::snapshot_dir(&configs[2].data_dir);
-    let listed = |fs: &CrashFs| {
-        use wal::fs::FileSystem as _;
-        fs.list_dir(&snap_dir).unwrap_or_default()
+    // Cut the power when c's engine directory shows a received generation
+    // being built beside the live one (mode 0), a newly installed one
+    // (mode 1), or after a short wait (mode 2).
+    let engine_dir = fs[2].engine().to_path_buf();
+    let generations = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&engine_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok())
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("db-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     };
-    let before: Vec<String> = listed(&fs[2]);
+    let before = generations();
     let mode = seed % 3;
     let wait_started = Instant::now();
     loop {
-        let names = listed(&fs[2]);
+        let names = generations();
         let hit = match mode {
-            0 => names.iter().any(|name| name.ends_with(".tmp")),
-            1 => names
-                .iter()
-                .any(|name| name.ends_with(".snap") && !before.contains(name)),
+            0 => names.len() > before.len(),
+            1 => names.iter().any(|name| !before.contains(name)) && names.len() == 1,
             _ => wait_started.elapsed() >= Duration::from_millis((seed * 7) % 40),
         };
         if hit || wait_started.elapsed() > Duration::from_secs(3) {

@@ -1,10 +1,11 @@
 //! Acknowledged writes survive a power cut at any point of snapshotting.
-//! A whole member (`server::run`) on `CrashFs` takes writes from several
-//! clients while snapshots, compactions, WAL purges and snapshot file
-//! removals run all the time (a snapshot every 4 entries, 2 KiB segments);
-//! at a moment chosen by the seed its disk loses power (everything unsynced
-//! is lost, torn writes kept in part), and it restarts on what survived.
-//! It must start, and every write a client saw acknowledged must be there.
+//! A whole member (`server::run`), its log on `CrashFs`, takes writes from
+//! several clients while snapshots (engine syncs), compactions and WAL
+//! purges run all the time (a snapshot every 4 entries, 2 KiB segments);
+//! at a moment chosen by the seed its log's disk loses power (everything
+//! unsynced is lost, torn writes kept in part), and it restarts on what
+//! survived, with its engine as the process left it. It must start, and
+//! every write a client saw acknowledged must be there.
 
 mod common;
 
@@ -13,12 +14,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bind, start, url};
+use common::{bind, start, url, Disk};
 use proto::etcdserverpb as pb;
 use server::config::{ResolvedConfig, ServerConfig};
 use server::server::Listeners;
 use tokio::net::TcpListener;
-use wal::crash_fs::CrashFs;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -71,7 +71,7 @@ async fn all_keys(client: SocketAddr) -> BTreeMap<String, String> {
 }
 
 async fn one_crash(seed: u64) {
-    let mut fs = CrashFs::new();
+    let mut fs = Disk::new();
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
     let member = start(

@@ -1,4 +1,4 @@
-//! The file operations the log and the snapshot files use, behind a trait so
+//! The file operations the log uses, behind a trait so
 //! that tests can put [`crate::crash_fs::CrashFs`] underneath and lose every
 //! write that was not synced.
 //!

@@ -7,8 +7,6 @@
 //!   line between a torn tail (cut off) and damage (an error naming file
 //!   and offset).
 //! - `record.rs`: the framing of one record (length, CRC32C, type).
-//! - [`SnapshotFiles`] (`snapshot_file.rs`): checked snapshot files written
-//!   under a temporary name and renamed into place.
 //! - [`fs`]: the file operations all of the above use, so that
 //!   [`crash_fs::CrashFs`] can stand in for the disk in crash tests.
 //!
@@ -24,12 +22,10 @@ pub mod crash_fs;
 pub mod fs;
 mod record;
 mod recovery;
-mod snapshot_file;
 mod wal;
 
 pub use record::SnapshotMarkerKind;
 pub use recovery::RecoveredLog;
-pub use snapshot_file::{SnapshotFiles, SnapshotReader, SnapshotWriter};
 #[cfg(debug_assertions)]
 pub use wal::WalFaults;
 pub use wal::{SegmentInfo, Ticket, Wal, WalOptions, WalStats, WriteBatch, DEFAULT_SEGMENT_BYTES};

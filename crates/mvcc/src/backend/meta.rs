@@ -4,7 +4,7 @@
 //! |--------------------------|-----------------------------------------|
 //! | `format`                 | u32 BE, [`FORMAT_VERSION`]              |
 //! | `applied`                | index u64 BE ++ term u64 BE             |
-//! | `conf_state`             | see [`encode_conf_state`]               |
+//! | `conf_state`             | see `encode_conf_state`                 |
 //! | `member/` ++ id u64 BE   | opaque member record                    |
 //! | `compacted_revision`     | i64 BE                                  |
 //! | `current_revision`       | i64 BE                                  |
@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 use raft::{ConfState, NodeId};
 
 /// Bumped when the layout of any keyspace changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: the values of put versions are the store's records (see
+/// `crate::record`), no longer opaque bytes.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const KEY_FORMAT: &[u8] = b"format";
 pub(crate) const KEY_APPLIED: &[u8] = b"applied";

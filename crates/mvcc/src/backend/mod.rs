@@ -12,7 +12,7 @@
 //!
 //! # Durability of a batch
 //!
-//! [`WriteBatch::commit`] writes one fjall batch: one journal record framed
+//! [`Backend::commit`] writes one fjall batch: one journal record framed
 //! with a start marker, the items and an end marker with a checksum. fjall's
 //! journal recovery drops a batch whose end marker or checksum is missing, so
 //! after any crash either all of a batch is there or none of it is. Since the
@@ -35,7 +35,7 @@
 //! # Snapshots and generations
 //!
 //! The database lives in a directory `db-<generation>` under the root, and
-//! the root's `CURRENT` file names the live one (see [`dir`]). Installing a
+//! the root's `CURRENT` file names the live one (see `dir.rs`). Installing a
 //! snapshot builds a new generation beside the live one and switches
 //! `CURRENT` atomically; see [`Backend::install_observed`].
 
@@ -44,18 +44,23 @@ pub mod meta;
 mod snapshot;
 
 pub use meta::{AppliedIndex, FORMAT_VERSION};
+
+/// fjall's block cache when none is asked for: see
+/// [`crate::StoreOptions`] for why this size.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub use snapshot::{
-    InstallStep, SnapshotInstaller, SnapshotStream, CHUNK_BYTES_TARGET, CHUNK_FORMAT_VERSION,
+    InstallStep, PutCheck, SnapshotInstaller, SnapshotStream, CHUNK_BYTES_TARGET,
+    CHUNK_FORMAT_VERSION,
 };
 
 use crate::error::{Error, Result};
 use crate::keys::{
-    decode_key, encode_key, encode_put, versions_lower_bound, versions_of, versions_upper_bound,
-    KeyRange, Revision, Version, VersionRecord,
+    decode_key, encode_key, encode_put_parts, versions_lower_bound, versions_of,
+    versions_upper_bound, KeyRange, Revision, Version, VersionRecord,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use raft::{ConfState, NodeId, SnapshotMetadata};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,7 +104,7 @@ impl KeyspaceId {
 /// Dropping it closes the database (fjall joins its background threads when
 /// the last handle goes), which the install path relies on before fsyncing
 /// the directory tree.
-struct Store {
+struct Engine {
     path: PathBuf,
     db: Database,
     kv: Keyspace,
@@ -107,11 +112,53 @@ struct Store {
     meta: Keyspace,
 }
 
-impl Store {
-    fn open(path: &Path) -> Result<Store> {
-        let db = Database::builder(path).open()?;
-        let open = |id: KeyspaceId| db.keyspace(id.name(), KeyspaceCreateOptions::default);
-        Ok(Store {
+/// Rewrites every table of a database into one sorted run per keyspace,
+/// dropping what removals and overwrites left behind (fjall's major
+/// compaction): after an MVCC compaction removed versions, this returns
+/// their space at once instead of when fjall's own compactions get to it.
+/// Writes go on meanwhile (fjall compacts concurrently with them); a
+/// handle to a generation that an install replaced compacts that old
+/// generation, harmlessly.
+pub struct EngineCompactor {
+    db: Database,
+    keyspaces: Vec<Keyspace>,
+}
+
+impl EngineCompactor {
+    /// Blocks until done. Flushes the memtables first, so that what they
+    /// hold is compacted too.
+    pub fn major_compact(&self) -> Result<()> {
+        for keyspace in &self.keyspaces {
+            keyspace.rotate_memtable_and_wait()?;
+            keyspace.major_compact()?;
+        }
+        Ok(())
+    }
+
+    /// The database's size on disk now.
+    pub fn disk_space(&self) -> Result<u64> {
+        Ok(self.db.disk_space()?)
+    }
+}
+
+/// Size at which a keyspace's memtable is sealed and flushed to a table.
+/// fjall keeps up to four sealed memtables waiting for their flush besides
+/// the active one (it stalls writes beyond that), so this bounds the
+/// engine's write buffers to about five times it: with fjall's default of
+/// 64 MiB a put-heavy load held ~600 MiB of memtables per member (measured:
+/// `crates/raftkv/tests/storage.rs`); 16 MiB bounds them to ~80 MiB at the
+/// cost of more, smaller flushes.
+const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+impl Engine {
+    fn open(path: &Path, cache_bytes: u64) -> Result<Engine> {
+        let db = Database::builder(path).cache_size(cache_bytes).open()?;
+        let open = |id: KeyspaceId| {
+            db.keyspace(id.name(), || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+            })
+        };
+        Ok(Engine {
             path: path.to_path_buf(),
             kv: open(KeyspaceId::Kv)?,
             lease: open(KeyspaceId::Lease)?,
@@ -189,11 +236,14 @@ pub struct Backend {
     root: PathBuf,
     /// Held for the backend's lifetime; see [`dir::lock_root`].
     _lock: dir::RootLock,
-    /// The generation CURRENT names and `store` has open.
+    /// The generation CURRENT names and `engine` has open.
     generation: u64,
     /// Generation numbers for installers; above every directory seen.
     next_generation: AtomicU64,
-    store: Store,
+    engine: Engine,
+    /// fjall's block cache of every database this backend opens (the live
+    /// one, and each installer's).
+    cache_bytes: u64,
     /// The applied index of the last committed batch. The mutex is held
     /// across a commit, so checking that the index grows and committing
     /// are one step even if two threads commit (the apply loop is one
@@ -214,13 +264,20 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// Opens the backend under `root`, creating an empty one if there is
     /// none, and removes what an interrupted snapshot install left behind.
+    /// fjall's block cache gets [`DEFAULT_CACHE_BYTES`].
     pub fn open(root: impl AsRef<Path>) -> Result<Backend> {
+        Backend::open_with_cache_bytes(root, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Backend::open`] with a block cache of `cache_bytes` (fjall's
+    /// `cache_size`: decompressed data and index blocks of its tables).
+    pub fn open_with_cache_bytes(root: impl AsRef<Path>, cache_bytes: u64) -> Result<Backend> {
         let root = root.as_ref().to_path_buf();
         std::fs::create_dir_all(&root).map_err(Error::io("create directory", &root))?;
         let lock = dir::lock_root(&root)?;
         let generation = match dir::read_current(&root)? {
             Some(generation) => generation,
-            None => create_first_generation(&root)?,
+            None => create_first_generation(&root, cache_bytes)?,
         };
         dir::remove_leftovers(&root, generation)?;
         let path = root.join(dir::generation_dir_name(generation));
@@ -232,15 +289,16 @@ impl Backend {
                 detail: "CURRENT names this database directory, which does not exist".into(),
             });
         }
-        let store = Store::open(&path)?;
-        let applied = store.check_format(false)?;
+        let engine = Engine::open(&path, cache_bytes)?;
+        let applied = engine.check_format(false)?;
         tracing::info!(root = %root.display(), generation, applied.index, applied.term, "backend open");
         Ok(Backend {
             root,
             _lock: lock,
             generation,
             next_generation: AtomicU64::new(generation + 1),
-            store,
+            engine,
+            cache_bytes,
             applied: Mutex::new(applied),
         })
     }
@@ -251,7 +309,7 @@ impl Backend {
 
     /// The directory of the live database.
     pub fn db_path(&self) -> &Path {
-        &self.store.path
+        &self.engine.path
     }
 
     fn lock_applied(&self) -> MutexGuard<'_, AppliedIndex> {
@@ -268,26 +326,47 @@ impl Backend {
         *self.lock_applied()
     }
 
-    /// Starts an atomic batch; nothing is visible until
-    /// [`WriteBatch::commit`].
-    pub fn write_batch(&self) -> WriteBatch<'_> {
-        WriteBatch {
-            backend: self,
-            writes: BTreeMap::new(),
-            applied: None,
-        }
-    }
-
     /// A consistent, point-in-time view of every keyspace.
     pub fn read(&self) -> ReadView {
-        self.store.read()
+        self.engine.read()
     }
 
     /// Makes every committed batch durable (fsync of fjall's journal).
     /// Call it before the Raft log may be compacted up to the applied index.
     pub fn persist(&self) -> Result<()> {
-        self.store.db.persist(PersistMode::SyncAll)?;
+        self.engine.db.persist(PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// A handle that compacts the live database's tables fully (see
+    /// [`EngineCompactor`]); it needs no lock on the backend.
+    pub fn compactor(&self) -> EngineCompactor {
+        EngineCompactor {
+            db: self.engine.db.clone(),
+            keyspaces: vec![
+                self.engine.kv.clone(),
+                self.engine.lease.clone(),
+                self.engine.meta.clone(),
+            ],
+        }
+    }
+
+    /// What the live database's tables occupy on disk: the data flushed
+    /// from memtables, without the journal.
+    pub fn table_space(&self) -> u64 {
+        self.engine.kv.disk_space() + self.engine.lease.disk_space() + self.engine.meta.disk_space()
+    }
+
+    /// What the live database occupies on disk: its tables and journals
+    /// (fjall's `disk_space`).
+    pub fn disk_space(&self) -> Result<u64> {
+        Ok(self.engine.db.disk_space()?)
+    }
+
+    /// The engine value stored under an encoded version key, committed
+    /// batches only (the MVCC store looks in its pending batch first).
+    pub(crate) fn kv_get_encoded(&self, encoded_key: &[u8]) -> Result<Option<fjall::Slice>> {
+        Ok(self.engine.kv.get(encoded_key)?)
     }
 
     pub fn conf_state(&self) -> Result<ConfState> {
@@ -325,6 +404,7 @@ impl Backend {
         SnapshotInstaller::create(
             self.root.join(dir::generation_dir_name(generation)),
             generation,
+            self.cache_bytes,
         )
     }
 
@@ -389,7 +469,7 @@ impl Backend {
         observer(InstallStep::CurrentSwitched);
 
         let old_generation = std::mem::replace(&mut self.generation, generation);
-        let old_store = std::mem::replace(&mut self.store, new_store);
+        let old_store = std::mem::replace(&mut self.engine, new_store);
         *self.lock_applied() = AppliedIndex {
             index: metadata.index,
             term: metadata.term,
@@ -422,7 +502,7 @@ impl Backend {
 /// after CURRENT is written, tells an interrupted creation (remove its
 /// directories and start over) from a root whose CURRENT was lost (refuse:
 /// its directories may hold the only copy of the data).
-fn create_first_generation(root: &Path) -> Result<u64> {
+fn create_first_generation(root: &Path, cache_bytes: u64) -> Result<u64> {
     let marker = root.join(dir::INIT_MARKER);
     let existing = dir::generation_dirs(root)?;
     if marker.exists() {
@@ -439,9 +519,9 @@ fn create_first_generation(root: &Path) -> Result<u64> {
     dir::create_synced(&marker)?;
     let first = 1;
     let path = root.join(dir::generation_dir_name(first));
-    let store = Store::open(&path)?;
-    store.check_format(true)?;
-    drop(store);
+    let engine = Engine::open(&path, cache_bytes)?;
+    engine.check_format(true)?;
+    drop(engine);
     dir::fsync_tree(&path)?;
     dir::write_current(root, first, &mut || {})?;
     std::fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
@@ -450,58 +530,109 @@ fn create_first_generation(root: &Path) -> Result<u64> {
 }
 
 /// An atomic set of writes, committed with the applied index it brings the
-/// data to.
+/// data to by [`Backend::commit`].
 ///
 /// The applier sets the applied index on the batch of every entry it
 /// applies; a batch without one changes data without moving the applied
 /// index, which is only right for writes that no log entry describes.
 ///
+/// A batch is a plain value, independent of the backend until committed:
+/// the MVCC store keeps one open across many applied entries, reads its own
+/// writes back from it ([`WriteBatch::get_version`]) and takes back the
+/// writes of a transaction it undoes ([`WriteBatch::discard_version`]).
+///
 /// Writes to the same key within one batch: the last one wins (the batch
 /// keeps one write per key, which also keeps fjall from seeing two items
 /// with one key and one sequence number).
+#[derive(Debug, Default)]
 #[must_use = "a batch does nothing until committed"]
-pub struct WriteBatch<'a> {
-    backend: &'a Backend,
-    /// Engine key → engine value, `None` to remove.
-    writes: BTreeMap<(KeyspaceId, Vec<u8>), Option<Vec<u8>>>,
+pub struct WriteBatch {
+    /// Versions: encoded key → encoded [`VersionRecord`], `None` to remove.
+    /// A hash map: a put is one insert whatever the batch's size, and the
+    /// order of items in a fjall batch does not matter.
+    versions: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Every other keyspace: engine key → value, `None` to remove.
+    others: BTreeMap<(KeyspaceId, Vec<u8>), Option<Vec<u8>>>,
     applied: Option<AppliedIndex>,
 }
 
-impl WriteBatch<'_> {
+/// What a batch holds for one version of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingVersion<'a> {
+    /// The batch writes this engine value ([`VersionRecord`] encoding).
+    Write(&'a [u8]),
+    /// The batch removes the version.
+    Remove,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        WriteBatch::default()
+    }
+
     /// Writes version `revision` of `key` with `value`.
     pub fn put(&mut self, key: &[u8], revision: Revision, value: &[u8]) -> Result<()> {
+        self.put_parts(key, revision, &[value])
+    }
+
+    /// Writes version `revision` of `key` with the concatenation of
+    /// `parts` as its value: the value's bytes are copied once, straight
+    /// into the engine encoding.
+    pub fn put_parts(&mut self, key: &[u8], revision: Revision, parts: &[&[u8]]) -> Result<()> {
         let encoded = encode_key(key, revision)?;
-        self.writes
-            .insert((KeyspaceId::Kv, encoded), Some(encode_put(value)));
+        self.versions.insert(encoded, Some(encode_put_parts(parts)));
         Ok(())
     }
 
     /// Writes version `revision` of `key` as a deletion.
     pub fn put_tombstone(&mut self, key: &[u8], revision: Revision) -> Result<()> {
         let encoded = encode_key(key, revision)?;
-        self.writes.insert(
-            (KeyspaceId::Kv, encoded),
-            Some(VersionRecord::Tombstone.encode()),
-        );
+        self.versions
+            .insert(encoded, Some(VersionRecord::Tombstone.encode()));
         Ok(())
     }
 
     /// Physically removes version `revision` of `key` (compaction).
     pub fn remove_version(&mut self, key: &[u8], revision: Revision) -> Result<()> {
         let encoded = encode_key(key, revision)?;
-        self.writes.insert((KeyspaceId::Kv, encoded), None);
+        self.versions.insert(encoded, None);
         Ok(())
     }
 
+    /// What this batch does to version `revision` of `key`, `None` if
+    /// nothing.
+    pub fn get_version(
+        &self,
+        key: &[u8],
+        revision: Revision,
+    ) -> Result<Option<PendingVersion<'_>>> {
+        Ok(self.get_encoded_version(&encode_key(key, revision)?))
+    }
+
+    pub(crate) fn get_encoded_version(&self, encoded_key: &[u8]) -> Option<PendingVersion<'_>> {
+        self.versions.get(encoded_key).map(|write| match write {
+            Some(value) => PendingVersion::Write(value),
+            None => PendingVersion::Remove,
+        })
+    }
+
+    /// Takes back whatever this batch does to version `revision` of `key`
+    /// (undoing a write that must not happen). Returns whether there was
+    /// anything.
+    pub fn discard_version(&mut self, key: &[u8], revision: Revision) -> Result<bool> {
+        let encoded = encode_key(key, revision)?;
+        Ok(self.versions.remove(&encoded).is_some())
+    }
+
     pub fn put_lease(&mut self, id: i64, record: &[u8]) {
-        self.writes.insert(
+        self.others.insert(
             (KeyspaceId::Lease, lease_key(id).to_vec()),
             Some(record.to_vec()),
         );
     }
 
     pub fn remove_lease(&mut self, id: i64) {
-        self.writes
+        self.others
             .insert((KeyspaceId::Lease, lease_key(id).to_vec()), None);
     }
 
@@ -519,14 +650,14 @@ impl WriteBatch<'_> {
     /// Stores the opaque record of member `id` (the server keeps its name
     /// and URLs there).
     pub fn put_member(&mut self, id: NodeId, record: &[u8]) {
-        self.writes.insert(
+        self.others.insert(
             (KeyspaceId::Meta, meta::member_key(id)),
             Some(record.to_vec()),
         );
     }
 
     pub fn remove_member(&mut self, id: NodeId) {
-        self.writes
+        self.others
             .insert((KeyspaceId::Meta, meta::member_key(id)), None);
     }
 
@@ -539,26 +670,34 @@ impl WriteBatch<'_> {
     }
 
     fn put_meta(&mut self, key: &[u8], value: Vec<u8>) {
-        self.writes
+        self.others
             .insert((KeyspaceId::Meta, key.to_vec()), Some(value));
     }
 
     /// Number of distinct keys written (the applied index not counted).
     pub fn len(&self) -> usize {
-        self.writes.len()
+        self.versions.len() + self.others.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.applied.is_none()
+        self.len() == 0 && self.applied.is_none()
+    }
+}
+
+impl Backend {
+    /// Starts an atomic batch; nothing is visible until
+    /// [`Backend::commit`].
+    pub fn write_batch(&self) -> WriteBatch {
+        WriteBatch::new()
     }
 
-    /// Commits every write and the applied index atomically. See the module
-    /// documentation for durability: flushed to the OS, not fsynced.
-    pub fn commit(self) -> Result<()> {
-        let backend = self.backend;
-        let store = &backend.store;
-        let mut applied = backend.lock_applied();
-        if let Some(new) = self.applied {
+    /// Commits every write of `batch` and its applied index atomically, as
+    /// one fjall batch (one journal record). See the module documentation
+    /// for durability: flushed to the OS, not fsynced.
+    pub fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let engine = &self.engine;
+        let mut applied = self.lock_applied();
+        if let Some(new) = batch.applied {
             if new.index <= applied.index {
                 return Err(Error::AppliedRegression {
                     applied: applied.index,
@@ -566,21 +705,27 @@ impl WriteBatch<'_> {
                 });
             }
         }
-        let mut batch =
-            fjall::OwnedWriteBatch::with_capacity(store.db.clone(), self.writes.len() + 1)
+        let mut fjall_batch =
+            fjall::OwnedWriteBatch::with_capacity(engine.db.clone(), batch.len() + 1)
                 .durability(Some(PersistMode::Buffer));
-        for ((keyspace, key), value) in self.writes {
-            let keyspace = store.keyspace(keyspace);
+        for (key, value) in batch.versions {
             match value {
-                Some(value) => batch.insert(keyspace, key, value),
-                None => batch.remove(keyspace, key),
+                Some(value) => fjall_batch.insert(&engine.kv, key, value),
+                None => fjall_batch.remove(&engine.kv, key),
             }
         }
-        if let Some(new) = self.applied {
-            batch.insert(&store.meta, meta::KEY_APPLIED, meta::encode_applied(new));
+        for ((keyspace, key), value) in batch.others {
+            let keyspace = engine.keyspace(keyspace);
+            match value {
+                Some(value) => fjall_batch.insert(keyspace, key, value),
+                None => fjall_batch.remove(keyspace, key),
+            }
         }
-        batch.commit()?;
-        if let Some(new) = self.applied {
+        if let Some(new) = batch.applied {
+            fjall_batch.insert(&engine.meta, meta::KEY_APPLIED, meta::encode_applied(new));
+        }
+        fjall_batch.commit()?;
+        if let Some(new) = batch.applied {
             *applied = new;
         }
         Ok(())
@@ -766,7 +911,7 @@ impl ReadView {
         })
     }
 
-    fn raw_iter(&self, keyspace: KeyspaceId) -> fjall::Iter {
+    pub(crate) fn raw_iter(&self, keyspace: KeyspaceId) -> fjall::Iter {
         self.snapshot.iter(self.keyspace(keyspace))
     }
 }

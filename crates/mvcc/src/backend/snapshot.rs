@@ -37,12 +37,15 @@
 //! only when a single entry is bigger); the receiver holds one chunk and
 //! writes it as one fjall batch.
 
-use super::{dir, meta, KeyspaceId, ReadView, Store};
+use super::{dir, meta, Engine, KeyspaceId, ReadView};
 use crate::error::{Error, Result};
-use crate::keys::{decode_key, VersionRecord};
+use crate::keys::{decode_key, decode_value};
 use fjall::PersistMode;
 use raft::SnapshotMetadata;
 use std::path::{Path, PathBuf};
+
+/// A check of a put version's payload: `Err` says what is wrong with it.
+pub type PutCheck = fn(&[u8]) -> std::result::Result<(), &'static str>;
 
 /// Chunks close once their payload reaches this many bytes.
 pub const CHUNK_BYTES_TARGET: usize = 1024 * 1024;
@@ -231,7 +234,12 @@ impl InstallStep {
 pub struct SnapshotInstaller {
     path: PathBuf,
     generation: u64,
-    store: Option<Store>,
+    /// fjall's block cache of the new database, as the backend's.
+    cache_bytes: u64,
+    store: Option<Engine>,
+    /// Checks the payload of every put version received (the MVCC store's
+    /// record format, which the backend does not know).
+    put_check: Option<PutCheck>,
     next_chunk_index: u64,
     header: Option<SnapshotMetadata>,
     /// The last entry written, for the order check.
@@ -257,7 +265,7 @@ impl std::fmt::Debug for SnapshotInstaller {
 }
 
 impl SnapshotInstaller {
-    pub(super) fn create(path: PathBuf, generation: u64) -> Result<Self> {
+    pub(super) fn create(path: PathBuf, generation: u64, cache_bytes: u64) -> Result<Self> {
         // A directory of this generation can only be a leftover of an
         // earlier attempt in this process; it holds nothing live.
         if path.exists() {
@@ -266,7 +274,9 @@ impl SnapshotInstaller {
         let mut installer = SnapshotInstaller {
             path,
             generation,
+            cache_bytes,
             store: None,
+            put_check: None,
             next_chunk_index: 0,
             header: None,
             last_entry: None,
@@ -275,8 +285,15 @@ impl SnapshotInstaller {
             failed: false,
             remove_on_drop: true,
         };
-        installer.store = Some(Store::open(&installer.path)?);
+        installer.store = Some(Engine::open(&installer.path, cache_bytes)?);
         Ok(installer)
+    }
+
+    /// Checks the payload of every put version pushed from now on with
+    /// `check`; a payload it refuses fails the chunk (and the installer).
+    pub fn with_put_check(mut self, check: PutCheck) -> Self {
+        self.put_check = Some(check);
+        self
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -291,6 +308,12 @@ impl SnapshotInstaller {
     /// True once the end record has been received.
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// The log position and membership the received state reflects, once
+    /// the first chunk (which carries it) was pushed.
+    pub fn header(&self) -> Option<&SnapshotMetadata> {
+        self.header.as_ref()
     }
 
     /// Verifies and writes one chunk.
@@ -350,7 +373,15 @@ impl SnapshotInstaller {
                     }
                     if keyspace == KeyspaceId::Kv {
                         decode_key(key)?;
-                        VersionRecord::decode(value)?;
+                        let payload = decode_value(value)?;
+                        if let (Some(check), Some(payload)) = (self.put_check, payload) {
+                            check(payload).map_err(|detail| {
+                                malformed(format!(
+                                    "version record of entry {}: {detail}",
+                                    self.entry_count
+                                ))
+                            })?;
+                        }
                     }
                     batch.insert(store.keyspace(keyspace), key, value);
                     self.last_entry = Some((keyspace, key.to_vec()));
@@ -385,7 +416,7 @@ impl SnapshotInstaller {
 
     /// Checks the new generation against the header, makes it durable, and
     /// reopens it: the state [`super::Backend::install_observed`] switches to.
-    pub(super) fn seal(&mut self) -> Result<(SnapshotMetadata, Store)> {
+    pub(super) fn seal(&mut self) -> Result<(SnapshotMetadata, Engine)> {
         if self.failed {
             return Err(Error::SnapshotIncomplete(
                 "a chunk of the stream was rejected".into(),
@@ -422,7 +453,7 @@ impl SnapshotInstaller {
         if let Some(parent) = self.path.parent() {
             dir::fsync_dir(parent)?;
         }
-        let reopened = Store::open(&self.path)?;
+        let reopened = Engine::open(&self.path, self.cache_bytes)?;
         let applied = reopened.check_format(false)?;
         if (applied.index, applied.term) != (header.index, header.term) {
             return Err(corrupt(format!(

@@ -4,6 +4,8 @@
 use mvcc::{Backend, KeyspaceId};
 use std::collections::BTreeMap;
 
+pub mod store;
+
 /// Every raw entry of every keyspace: what "the state" means when tests
 /// compare two backends.
 pub type Dump = BTreeMap<(KeyspaceId, Vec<u8>), Vec<u8>>;
@@ -90,7 +92,7 @@ pub fn fill(backend: &Backend, rng: &mut Rng, keys: usize, value_bytes: usize, t
         batch.set_current_revision(main);
         batch.set_compacted_revision(main / 2);
         batch.set_applied(index, 2);
-        batch.commit().unwrap();
+        backend.commit(batch).unwrap();
     }
 }
 

@@ -1,24 +1,28 @@
 //! The apply thread: feeds committed entries to the state machine in log
-//! order, answers the proposers waiting on them, and every `snapshot_count`
-//! applied entries has the state machine write a snapshot. It never decides
-//! what is committed and never answers a waiter for an entry it did not
-//! apply.
+//! order, commits each batch as one step of the stored state, answers the
+//! proposers waiting on them, and every `snapshot_count` applied entries
+//! makes the state durable so the raft thread can drop the log before it.
+//! It never decides what is committed and never answers a waiter for an
+//! entry it did not apply.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Instant;
 
 use bytes::Bytes;
-use raft::{ConfState, Entry, NodeId, Snapshot, SnapshotMetadata};
+use raft::{ConfState, Entry, Message, MessageBody, NodeId, Snapshot, SnapshotMetadata};
 use tokio::sync::watch;
 
 use super::inbox::{Input, InputSender};
 use super::load::Load;
-use super::ports::{ImageFixed, StateMachine, StorageError};
+use super::ports::{PeerEvent, StateMachine, StorageError};
 use super::proposal::{unframe_proposal, Waiters, PROPOSAL_HEADER_BYTES};
+use super::NodeError;
 
 /// Committed work for the applier, in log order.
+#[derive(Default)]
 pub(crate) struct ApplyBatch {
+    /// An `InstallSnapshot` whose data the peer side stored aside: install
+    /// it, then hand the message to Raft.
+    pub(crate) received: Option<Message>,
     pub(crate) snapshot: Option<Snapshot>,
     pub(crate) entries: Vec<Entry>,
     /// Membership as of the last entry of the batch (Raft applies a
@@ -35,109 +39,126 @@ pub(crate) struct Applier {
     pub(crate) raft_input: InputSender,
     pub(crate) snapshot_count: u64,
     pub(crate) last_snapshot_index: u64,
-    /// Term of the last applied entry (or installed snapshot).
-    pub(crate) applied_term: u64,
-    /// The snapshot being written, if any: one at a time.
-    pub(crate) snapshot_writer: Option<JoinHandle<()>>,
+    /// Index and term of the last entry Raft handed out (applied or
+    /// skipped), or of the snapshot it recorded.
+    pub(crate) handed_out: (u64, u64),
     pub(crate) load: Arc<Load>,
 }
 
 impl Applier {
     pub(crate) fn run<S: StateMachine>(mut self, mut state_machine: S) {
         while let Ok(batch) = self.batches.recv() {
-            if let Err(error) = self.apply_batch(&mut state_machine, &batch) {
+            if let Err(error) = self.apply_batch(&mut state_machine, batch) {
                 // The state machine could not record committed work:
                 // continuing would diverge from the other members.
                 tracing::error!(%error, "the state machine failed; stopping");
                 break;
             }
-            let applied = state_machine.applied_index();
-            let writing = self
-                .snapshot_writer
-                .as_ref()
-                .is_some_and(|writer| !writer.is_finished());
-            if !writing && applied >= self.last_snapshot_index.saturating_add(self.snapshot_count) {
-                let snapshot = SnapshotMetadata {
-                    index: applied,
-                    term: self.applied_term,
-                    conf_state: batch.conf_state.clone(),
-                };
-                if let Err(error) = self.start_snapshot(&mut state_machine, snapshot) {
-                    tracing::error!(%error, index = applied, "starting a snapshot failed; stopping");
-                    break;
-                }
-                self.last_snapshot_index = applied;
-            }
-        }
-        // A snapshot being written finishes before the member stops.
-        if let Some(writer) = self.snapshot_writer.take() {
-            let _ = writer.join();
         }
     }
 
-    /// Fixes the image now and writes it on a thread of its own; the raft
-    /// thread hears of it once it is durable (or failed).
-    fn start_snapshot<S: StateMachine>(
+    /// Every `snapshot_count` entries handed out: the state is made durable
+    /// (an fsync of the engine, a few milliseconds: no image is copied),
+    /// then the raft thread may compact the log up to the last entry
+    /// handed out, which the state reflects.
+    fn maybe_snapshot<S: StateMachine>(
         &mut self,
         state_machine: &mut S,
-        snapshot: SnapshotMetadata,
+        conf_state: &ConfState,
     ) -> Result<(), StorageError> {
-        if let Some(previous) = self.snapshot_writer.take() {
-            let _ = previous.join();
+        let (index, term) = self.handed_out;
+        if index < self.last_snapshot_index.saturating_add(self.snapshot_count) {
+            return Ok(());
         }
-        let job = state_machine.snapshot_job(&snapshot)?;
-        let (fixed_tx, fixed_rx) = std::sync::mpsc::sync_channel(1);
-        let raft_input = self.raft_input.clone();
-        let writer = std::thread::Builder::new()
-            .name("raftkv-snapshot".to_string())
-            .spawn(move || {
-                let started = Instant::now();
-                let outcome = match job(ImageFixed(fixed_tx)) {
-                    Ok(()) => {
-                        tracing::debug!(
-                            index = snapshot.index,
-                            millis = started.elapsed().as_millis() as u64,
-                            "snapshot written"
-                        );
-                        Input::SnapshotTaken(snapshot)
-                    }
-                    Err(error) => Input::SnapshotFailed(error.to_string()),
-                };
-                // A plain thread: it may wait for room in the queue.
-                let _ = raft_input.blocking_send(outcome);
-            })
-            .map_err(|error| StorageError(format!("spawning the snapshot writer: {error}")))?;
-        self.snapshot_writer = Some(writer);
-        // The job copies the state on its own thread, so the copy's memory
-        // is that thread's and goes back to the system when it ends (freed
-        // from another thread, the allocator kept it: ~35 MB per 100,000
-        // keys stayed resident).
-        let _ = fixed_rx.recv();
-        Ok(())
+        state_machine.persist()?;
+        self.last_snapshot_index = index;
+        let snapshot = SnapshotMetadata {
+            index,
+            term,
+            conf_state: conf_state.clone(),
+        };
+        self.tell_raft(Input::SnapshotTaken(snapshot))
+    }
+
+    /// Queues `input` for the raft thread. That thread may itself be
+    /// waiting for room in the apply queue, so this one never blocks on a
+    /// full input queue: a thread of its own waits for room instead.
+    fn tell_raft(&self, input: Input) -> Result<(), StorageError> {
+        match self.raft_input.try_send(input) {
+            Ok(()) => Ok(()),
+            // The node is stopping: nothing more to tell.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(input)) => {
+                let raft_input = self.raft_input.clone();
+                std::thread::Builder::new()
+                    .name("raftkv-apply-report".to_string())
+                    .spawn(move || {
+                        let _ = raft_input.blocking_send(input);
+                    })
+                    .map(|_| ())
+                    .map_err(|error| {
+                        StorageError(format!("spawning a thread to report to Raft: {error}"))
+                    })
+            }
+        }
+    }
+
+    /// Installs a snapshot the peer side received, then lets Raft see its
+    /// message (see [`StateMachine::install_received`]).
+    fn install_received<S: StateMachine>(
+        &mut self,
+        state_machine: &mut S,
+        message: Message,
+    ) -> Result<(), StorageError> {
+        let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+            return Ok(());
+        };
+        if !state_machine.install_received(&snapshot.metadata)? {
+            return Ok(());
+        }
+        self.applied.send_replace(state_machine.applied_index());
+        self.load.set_applied(state_machine.applied_index());
+        self.tell_raft(Input::Peer(PeerEvent::Received(message)))
     }
 
     pub(crate) fn apply_batch<S: StateMachine>(
         &mut self,
         state_machine: &mut S,
-        batch: &ApplyBatch,
+        batch: ApplyBatch,
     ) -> Result<(), StorageError> {
+        if let Some(message) = batch.received {
+            self.install_received(state_machine, message)?;
+        }
         if let Some(snapshot) = &batch.snapshot {
             state_machine.install_snapshot(&snapshot.metadata)?;
             tracing::info!(
                 index = snapshot.metadata.index,
                 term = snapshot.metadata.term,
-                "installed a snapshot from the leader"
+                "recorded a snapshot from the leader"
             );
-            self.applied_term = snapshot.metadata.term;
+            self.handed_out = (snapshot.metadata.index, snapshot.metadata.term);
             self.last_snapshot_index = snapshot.metadata.index;
             self.applied.send_replace(state_machine.applied_index());
             self.load.set_applied(state_machine.applied_index());
         }
+        let mut answers = Vec::new();
         for entry in &batch.entries {
             let framed = match entry.kind {
                 raft::EntryKind::Normal => unframe_proposal(&entry.data),
                 raft::EntryKind::ConfChange => None,
             };
+            self.handed_out = (entry.index, entry.term);
+            let own = framed
+                .filter(|(origin, _)| origin.member == self.member_id)
+                .map(|(origin, _)| origin.request);
+            if state_machine.reflects(entry.index) {
+                // Applied before this run, or by a snapshot installed ahead
+                // of the log: its result is not known here.
+                if let Some(request) = own {
+                    self.waiters.answer(request, Err(NodeError::LeaderFailed));
+                }
+                continue;
+            }
             let result = match (entry.kind, framed) {
                 (raft::EntryKind::Normal, Some(_)) => state_machine.apply(
                     entry.index,
@@ -153,18 +174,23 @@ impl Applier {
                     Bytes::new()
                 }
             };
-            self.applied_term = entry.term;
-            if let Some((origin, _)) = framed {
-                if origin.member == self.member_id {
-                    self.waiters.answer(origin.request, Ok(result));
-                }
+            if let Some(request) = own {
+                answers.push((request, result));
             }
         }
-        // Once per batch: every send wakes every reader waiting on it.
-        if let Some(last) = batch.entries.last() {
-            self.applied.send_replace(last.index);
-            self.load.set_applied(last.index);
+        if batch.entries.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // One atomic step of the stored state per batch, before anyone
+        // hears of an entry in it.
+        state_machine.commit()?;
+        for (request, result) in answers {
+            self.waiters.answer(request, Ok(result));
+        }
+        // Once per batch: every send wakes every reader waiting on it.
+        let applied = state_machine.applied_index().max(self.handed_out.0);
+        self.applied.send_replace(applied);
+        self.load.set_applied(applied);
+        self.maybe_snapshot(state_machine, &batch.conf_state)
     }
 }

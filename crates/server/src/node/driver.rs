@@ -148,6 +148,20 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
             }
             Input::Peer(PeerEvent::Received(message)) => self.raft.step(message),
             Input::Peer(PeerEvent::Unreachable(peer)) => self.raft.report_unreachable(peer),
+            Input::Peer(PeerEvent::SnapshotReceived(message)) => {
+                // Behind every batch already handed out, so the applier
+                // installs it in log order; it hands the message back to
+                // this thread once the state holds the snapshot.
+                let batch = ApplyBatch {
+                    received: Some(message),
+                    ..ApplyBatch::default()
+                };
+                if self.apply.send(batch).is_err() {
+                    tracing::error!("the apply thread stopped; stopping the node");
+                    self.fail_pending(NodeError::Stopped);
+                    return Flow::Stop;
+                }
+            }
             Input::Propose { request_id, data } => round.proposals.add_local(request_id, data),
             Input::Peer(PeerEvent::Forwarded { from, proposals }) => {
                 round.proposals.add_forwarded(from, proposals)
@@ -186,11 +200,6 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
                     self.fail_pending(NodeError::Stopped);
                     return Flow::Stop;
                 }
-            }
-            Input::SnapshotFailed(error) => {
-                tracing::error!(%error, "writing a snapshot failed; stopping the node");
-                self.fail_pending(NodeError::Stopped);
-                return Flow::Stop;
             }
             Input::Stop => {
                 self.fail_pending(NodeError::Stopped);
@@ -390,6 +399,7 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
         }
         if ready.snapshot.is_some() || !ready.committed_entries.is_empty() {
             let batch = ApplyBatch {
+                received: None,
                 snapshot: ready.snapshot.take(),
                 entries: std::mem::take(&mut ready.committed_entries),
                 conf_state: self.raft.conf_state().clone(),
@@ -436,7 +446,7 @@ impl<L: LogStorage, O: Outbox> Driver<L, O> {
         self.unreachable = unreachable;
     }
 
-    /// The state machine's image at `snapshot` is durable: tell Raft (so it
+    /// The state machine's state at `snapshot` is durable: tell Raft (so it
     /// can send it to followers too far behind), mark it in the log, and
     /// drop the log before it but for `snapshot_catchup_entries`, which a
     /// slow follower can still be sent instead of the whole snapshot.

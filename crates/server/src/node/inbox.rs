@@ -38,10 +38,9 @@ pub(crate) enum Input {
         target: NodeId,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
-    /// The applier made a durable snapshot; the log up to it may go.
+    /// The applier made the state durable up to this entry; the log up to
+    /// it may go.
     SnapshotTaken(SnapshotMetadata),
-    /// Writing a snapshot failed: the member stops (as for a failed sync).
-    SnapshotFailed(String),
     Stop,
 }
 

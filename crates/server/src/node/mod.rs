@@ -53,10 +53,7 @@ pub use load::{
     LoadReport, APPLY_GAP_MAX, APPLY_QUEUE_BATCHES_MAX, INPUT_QUEUE_MAX, PEER_EVENTS_HEADROOM,
     PENDING_PROPOSALS_MAX, PENDING_READS_MAX,
 };
-pub use ports::{
-    ImageFixed, LogStorage, Outbox, PeerEvent, SnapshotJob, SnapshotSend, StateMachine,
-    StorageError,
-};
+pub use ports::{LogStorage, Outbox, PeerEvent, SnapshotSend, StateMachine, StorageError};
 pub use proposal::RequestId;
 
 /// Why a request could not be served. Texts and gRPC codes are etcd's, from
@@ -163,8 +160,7 @@ impl<L: LogStorage, O: Outbox> Parts<L, O> {
             raft_input: input.clone(),
             snapshot_count: options.snapshot_count,
             last_snapshot_index: applied,
-            applied_term: 0,
-            snapshot_writer: None,
+            handed_out: (applied, 0),
             load: load.clone(),
         };
         let driver = Driver {

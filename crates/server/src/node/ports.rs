@@ -12,7 +12,7 @@ use super::RequestId;
 /// and by memory in tests.
 pub trait LogStorage: Send + 'static {
     /// Makes `installed_snapshot` (a marker: a snapshot from the leader
-    /// replaced the whole log; its data is already in a snapshot file),
+    /// replaced the whole log; its data is already the state machine's),
     /// `entries` (replacing any stored suffix they overlap) and `hard_state`
     /// durable, with one sync, before returning. A hard state that differs
     /// from the last one only in its commit index may be left for the next
@@ -25,51 +25,50 @@ pub trait LogStorage: Send + 'static {
         installed_snapshot: Option<&SnapshotMetadata>,
     ) -> Result<(), StorageError>;
 
-    /// Records, durably, that the state machine's snapshot at `snapshot` is
+    /// Records, durably, that the state machine's state at `snapshot` is
     /// on disk, so the log up to it is no longer needed; may drop it.
     fn compacted(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
 }
 
 /// The replicated state machine, applied in log order on its own thread.
+///
+/// Its state may be ahead of what Raft hands out (after a restart the
+/// engine holds what was applied before the crash; a snapshot received from
+/// the leader is installed before Raft records it): entries it already
+/// reflects are skipped ([`StateMachine::reflects`]), never applied twice.
 pub trait StateMachine: Send + 'static {
+    /// Whether the state already reflects entry `index`: the applier then
+    /// skips it (its result is not known here).
+    fn reflects(&self, index: u64) -> bool;
     /// Applies the payload of one committed normal entry (at `index`, of
     /// `term`); returns what the proposer waits for (if it is on this member).
-    /// `payload` shares the entry's buffer, so what the state machine keeps
-    /// of it (values) costs no copy and no second copy in memory while the
-    /// entry is still in the Raft log.
+    /// `payload` shares the entry's buffer.
     fn apply(&mut self, index: u64, term: u64, payload: Bytes) -> Result<Bytes, StorageError>;
     /// Records a configuration change entry as applied.
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), StorageError>;
-    /// Replaces the whole state by the snapshot `snapshot` describes, whose
-    /// data the transport has already made durable where the state machine
-    /// finds it.
+    /// Makes everything applied since the last commit one atomic step of
+    /// the stored state, together with the applied index. Called once per
+    /// batch of entries, before any proposer of them is answered. Not
+    /// durable by itself ([`StateMachine::persist`] is).
+    fn commit(&mut self) -> Result<(), StorageError>;
+    /// Makes every committed step durable, so the log up to the applied
+    /// index may be dropped.
+    fn persist(&mut self) -> Result<(), StorageError>;
+    /// A snapshot from the leader was received and stored aside (by the
+    /// peer side) for the Raft message `snapshot` describes: make it the
+    /// state, before Raft sees the message, so that the log never records
+    /// a snapshot the state does not hold. False if nothing matching was
+    /// stored (a newer transfer replaced it): the message is then dropped.
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError>;
+    /// Raft recorded the snapshot `snapshot` (the log before it is gone):
+    /// the state must hold at least that index.
     fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
-    /// Returns the job that makes an image of the state as of the applied
-    /// index, which `snapshot` describes, durable. The job runs on a thread
-    /// of its own; the applier applies nothing until the job calls its
-    /// `ImageFixed` (the image no longer depends on the live state), then
-    /// goes on while the job writes (writing and syncing a whole-state image
-    /// of 100+ MB stalled every write behind it).
-    fn snapshot_job(&mut self, snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError>;
     fn applied_index(&self) -> u64;
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StorageError(pub String);
-
-/// Writes one snapshot image durably; see [`StateMachine::snapshot_job`].
-pub type SnapshotJob = Box<dyn FnOnce(ImageFixed) -> Result<(), StorageError> + Send>;
-
-/// Called by a snapshot job once its image is fixed: applying resumes.
-/// (Dropping it without a call resumes applying too.)
-pub struct ImageFixed(pub(super) std::sync::mpsc::SyncSender<()>);
-
-impl ImageFixed {
-    pub fn done(self) {
-        let _ = self.0.send(());
-    }
-}
 
 /// Everything the raft thread sends to other members. The peer transport
 /// implements it; tests record. Every method returns at once: the raft
@@ -114,6 +113,10 @@ pub enum PeerEvent {
     Received(Message),
     /// Messages to this peer were lost (stream broken).
     Unreachable(NodeId),
+    /// An `InstallSnapshot` whose data the peer side has received whole and
+    /// stored aside: the state machine installs it before Raft sees the
+    /// message.
+    SnapshotReceived(Message),
     /// A snapshot transfer to `peer` ended: the peer stored it durably
     /// (`delivered`), or the transfer failed.
     SnapshotSent { peer: NodeId, delivered: bool },

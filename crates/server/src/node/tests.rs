@@ -13,9 +13,7 @@ use super::applier::Applier;
 use super::driver::{Driver, Flow};
 use super::inbox::{Input, InputReceiver, InputSender};
 use super::load::{INPUT_QUEUE_MAX, PENDING_PROPOSALS_MAX};
-use super::ports::{
-    LogStorage, Outbox, PeerEvent, SnapshotJob, SnapshotSend, StateMachine, StorageError,
-};
+use super::ports::{LogStorage, Outbox, PeerEvent, SnapshotSend, StateMachine, StorageError};
 use super::proposal::{unframe_proposal, ProposalResult, RequestId};
 use super::{inbox, raft_config, NodeError, NodeHandle, NodeOptions, Parts, PendingProposal};
 
@@ -52,8 +50,10 @@ impl LogStorage for MemoryLog {
 struct Recorder {
     applied: Vec<Bytes>,
     applied_index: u64,
-    /// Set when a snapshot replaced the state.
+    /// Set when Raft recorded a snapshot.
     installed: Option<u64>,
+    /// The newest snapshot handed to `install_received`.
+    installed_before_raft_knew: u64,
 }
 
 impl StateMachine for Recorder {
@@ -70,14 +70,34 @@ impl StateMachine for Recorder {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
-        self.applied_index = snapshot.index;
-        self.installed = Some(snapshot.index);
+    fn reflects(&self, index: u64) -> bool {
+        index <= self.applied_index
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
 
-    fn snapshot_job(&mut self, _snapshot: &SnapshotMetadata) -> Result<SnapshotJob, StorageError> {
-        Ok(Box::new(|_| Ok(())))
+    fn persist(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn install_received(&mut self, snapshot: &SnapshotMetadata) -> Result<bool, StorageError> {
+        self.installed_before_raft_knew = self.installed_before_raft_knew.max(snapshot.index);
+        if snapshot.index > self.applied_index {
+            self.applied_index = snapshot.index;
+        }
+        Ok(true)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
+        assert!(
+            self.installed_before_raft_knew >= snapshot.index,
+            "Raft recorded snapshot {} before the state machine installed it",
+            snapshot.index
+        );
+        self.installed = Some(snapshot.index);
+        Ok(())
     }
 
     fn applied_index(&self) -> u64 {
@@ -218,7 +238,7 @@ impl Member {
         }
         while let Ok(batch) = self.applier.batches.try_recv() {
             self.applier
-                .apply_batch(&mut self.state_machine, &batch)
+                .apply_batch(&mut self.state_machine, batch)
                 .expect("apply");
         }
     }
@@ -286,11 +306,19 @@ impl Cluster {
             self.members[position].pump();
             let from = self.members[position].id;
             let sent = self.members[position].take_sent();
-            for message in sent.messages.into_iter().chain(sent.snapshots) {
+            for message in sent.messages {
                 traffic = true;
                 if !self.cut.contains(&(from, message.to)) {
                     self.member(message.to)
                         .deliver(PeerEvent::Received(message));
+                }
+            }
+            // As the transport delivers a snapshot whose data arrived whole.
+            for message in sent.snapshots {
+                traffic = true;
+                if !self.cut.contains(&(from, message.to)) {
+                    self.member(message.to)
+                        .deliver(PeerEvent::SnapshotReceived(message));
                 }
             }
             for (to, proposals) in sent.forwards {

@@ -6,14 +6,15 @@
 //!   (Raft messages, forwarded writes, refusals), and snapshot sends.
 //! - [`service`]: inbound. The `Peer` gRPC service: admits streams, turns
 //!   frames into [`PeerEvent`](crate::node::PeerEvent)s for the node.
-//! - [`snapshot_transfer`]: a snapshot file, in chunks, in both directions.
+//! - [`snapshot_transfer`]: the state machine's engine, streamed in
+//!   checksummed chunks, in both directions.
 //!
 //! Dependencies point one way: `transport` and `service` use
 //! `snapshot_transfer`, all three use this module's identity and limits, and
 //! the node knows none of them (it sees only its `Outbox` trait and the
 //! events it receives). This module must never block the raft thread, hand
 //! Raft a message from a stream whose handshake was not admitted, or hand it
-//! a snapshot message before the snapshot's data is durable.
+//! a snapshot message before the snapshot's data is stored whole.
 
 pub mod service;
 pub mod snapshot_transfer;

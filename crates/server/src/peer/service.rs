@@ -11,13 +11,13 @@
 
 use std::pin::Pin;
 
+use crate::state::{SharedState, WeakState};
 use proto::peer as wire;
 use raft::MessageBody;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use wal::SnapshotFiles;
 
 use super::snapshot_transfer::receive_snapshot;
 use super::LocalIdentity;
@@ -34,7 +34,7 @@ pub struct PeerService {
     identity: LocalIdentity,
     events: PeerEvents,
     /// Where received snapshots are stored; without it they are refused.
-    snapshots: Option<SnapshotFiles>,
+    snapshots: Option<WeakState>,
 }
 
 impl PeerService {
@@ -46,9 +46,9 @@ impl PeerService {
         }
     }
 
-    /// Received snapshots are stored in `files`.
-    pub fn with_snapshot_files(mut self, files: SnapshotFiles) -> Self {
-        self.snapshots = Some(files);
+    /// Received snapshots are stored aside in `state`'s engine directory.
+    pub fn with_state(mut self, state: &SharedState) -> Self {
+        self.snapshots = Some(state.downgrade());
         self
     }
 }
@@ -166,7 +166,7 @@ impl wire::peer_server::Peer for PeerService {
             }
         };
         let from = self.identity.admit(header.handshake.as_ref())?;
-        let Some(files) = self.snapshots.clone() else {
+        let Some(state) = self.snapshots.clone() else {
             return Err(Status::unimplemented(
                 "this member does not accept snapshots",
             ));
@@ -176,7 +176,7 @@ impl wire::peer_server::Peer for PeerService {
             from,
             header,
             chunks,
-            files,
+            state,
             self.events.clone(),
         )
         .await?;

@@ -1,12 +1,17 @@
-//! Moving a snapshot file from the leader to a follower over
+//! Moving the state machine from the leader to a follower over
 //! `Peer.InstallSnapshot`: a header (handshake and the leader's Raft
-//! message), the file's data in chunks, a trailer with size and CRC-32C.
+//! message), the engine's snapshot stream in chunks (each self-describing
+//! and CRC-32C checked: `mvcc`'s chunk format), a trailer with the byte
+//! count and a CRC-32C of the whole stream.
 //!
-//! The receiver writes the chunks into its own snapshot directory and makes
-//! the file durable *before* it hands the Raft message to its node: by the
-//! time Raft accepts the snapshot and the log records it, the data it
-//! stands for is on disk. Neither side ever holds the whole snapshot in
-//! memory. This module moves bytes; deciding whether to install them is
+//! The sender streams a consistent view of its engine as of when the
+//! transfer starts, which is at or after the snapshot the Raft message
+//! names (the log up to that index was compacted only once the engine held
+//! it); applying goes on while it streams. The receiver builds a new engine
+//! generation beside the live one, chunk by chunk, and hands the message to
+//! its node only once the stream is whole: the applier installs it before
+//! Raft sees the message. Neither side holds more than a few chunks in
+//! memory. This module moves bytes; deciding whether to take them is
 //! Raft's, installing them is the state machine's.
 
 use std::time::Duration;
@@ -18,32 +23,29 @@ use raft::{MessageBody, SnapshotMetadata};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
-use wal::{SnapshotFiles, SnapshotWriter};
 
 use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::convert::message_from_wire;
 use crate::errors;
 use crate::node::{PeerEvent, PeerEvents};
+use crate::state::{SharedState, WeakState};
 
-/// Data bytes per chunk: well under gRPC's message limit.
-const CHUNK_BYTES: usize = 1024 * 1024;
 /// Chunks read ahead of the network on the sending side.
 const CHUNKS_AHEAD_MAX: usize = 4;
 /// Bound on one transfer; a stalled receiver must not pin the sender's
 /// progress state forever (Raft retries after a failure report).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Streams the snapshot file `metadata` names to `peer`; returns the bytes
-/// the peer made durable.
+/// Streams this member's engine to `peer` for the snapshot `metadata`
+/// names; returns the bytes the peer stored.
 pub async fn send_snapshot(
     identity: LocalIdentity,
     peer: raft::NodeId,
     channel: tonic::transport::Channel,
-    files: SnapshotFiles,
+    state: SharedState,
     message: wire::RaftMessage,
     metadata: SnapshotMetadata,
 ) -> Result<u64, String> {
-    let path = files.path_for(&metadata);
     let (chunks_tx, chunks_rx) = mpsc::channel::<wire::SnapshotChunk>(CHUNKS_AHEAD_MAX);
     let header = wire::SnapshotChunk {
         part: Some(wire::snapshot_chunk::Part::Header(wire::SnapshotHeader {
@@ -51,34 +53,34 @@ pub async fn send_snapshot(
             message: Some(message),
         })),
     };
-    // File reads happen on a blocking thread; the channel bounds how far
+    // Engine reads happen on a blocking thread; the channel bounds how far
     // they run ahead of the network.
     let reader = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let stream = state.snapshot_stream().map_err(|error| error.to_string())?;
+        // The stream reads its own view; the member may stop meanwhile.
+        drop(state);
+        if stream.metadata().index < metadata.index {
+            // Raft compacts its log only up to what the engine persisted.
+            return Err(format!(
+                "the engine is at index {}, behind the snapshot at index {} Raft sends",
+                stream.metadata().index,
+                metadata.index
+            ));
+        }
         let send = |chunk| {
             chunks_tx
                 .blocking_send(chunk)
                 .map_err(|_| "the transfer was cut off".to_string())
         };
         send(header)?;
-        let (_, mut data) = files.open_data(&path).map_err(|error| error.to_string())?;
-        let mut buffer = vec![0u8; CHUNK_BYTES];
         let mut size = 0u64;
         let mut checksum = 0u32;
-        loop {
-            // A damaged local file fails here, on its last chunk, before a
-            // trailer could vouch for it.
-            let read = data
-                .read_chunk(&mut buffer)
-                .map_err(|error| error.to_string())?;
-            if read == 0 {
-                break;
-            }
-            checksum = crc32c::crc32c_append(checksum, &buffer[..read]);
-            size += read as u64;
+        for chunk in stream {
+            let chunk = chunk.map_err(|error| format!("reading the engine: {error}"))?;
+            checksum = crc32c::crc32c_append(checksum, &chunk);
+            size += chunk.len() as u64;
             send(wire::SnapshotChunk {
-                part: Some(wire::snapshot_chunk::Part::Data(Bytes::copy_from_slice(
-                    &buffer[..read],
-                ))),
+                part: Some(wire::snapshot_chunk::Part::Data(Bytes::from(chunk))),
             })?;
         }
         send(wire::SnapshotChunk {
@@ -110,7 +112,7 @@ pub async fn send_snapshot(
 }
 
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, wal::WalError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, Status> {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
@@ -126,7 +128,7 @@ pub async fn receive_snapshot(
     from: raft::NodeId,
     header: wire::SnapshotHeader,
     mut chunks: Streaming<wire::SnapshotChunk>,
-    files: SnapshotFiles,
+    state: WeakState,
     events: PeerEvents,
 ) -> Result<wire::SnapshotAck, Status> {
     let Some(wire_message) = header.message else {
@@ -151,10 +153,15 @@ pub async fn receive_snapshot(
             ))
         }
     };
-    let create_files = files.clone();
-    let create_metadata = metadata.clone();
-    let mut writer: SnapshotWriter =
-        blocking(move || create_files.create(&create_metadata)).await?;
+    let create_state = state.clone();
+    let mut installer = blocking(move || {
+        create_state
+            .upgrade()
+            .ok_or_else(|| "the member stopped".to_string())?
+            .snapshot_installer()
+            .map_err(|error| error.to_string())
+    })
+    .await?;
     let mut size = 0u64;
     let mut checksum = 0u32;
     loop {
@@ -166,11 +173,20 @@ pub async fn receive_snapshot(
             Some(wire::snapshot_chunk::Part::Data(data)) => {
                 checksum = crc32c::crc32c_append(checksum, &data);
                 size += data.len() as u64;
-                writer = blocking(move || {
-                    writer.write(&data)?;
-                    Ok(writer)
-                })
-                .await?;
+                // A chunk that fails its own checks fails the transfer; the
+                // installer's directory goes with it.
+                installer =
+                    tokio::task::spawn_blocking(move || installer.push(&data).map(|()| installer))
+                        .await
+                        .map_err(|error| {
+                            Status::internal(format!("storing the snapshot: {error}"))
+                        })?
+                        .map_err(|error| {
+                            Status::data_loss(format!(
+                                "snapshot at {} arrived damaged: {error}",
+                                metadata.index
+                            ))
+                        })?;
             }
             Some(wire::snapshot_chunk::Part::Trailer(trailer)) => {
                 if trailer.size_bytes != size || trailer.crc32c != checksum {
@@ -180,7 +196,12 @@ pub async fn receive_snapshot(
                         metadata.index, trailer.size_bytes, trailer.crc32c
                     )));
                 }
-                blocking(move || writer.finish()).await?;
+                if !installer.is_complete() {
+                    return Err(Status::data_loss(format!(
+                        "snapshot at {} ended before its last chunk",
+                        metadata.index
+                    )));
+                }
                 break;
             }
             _ => {
@@ -197,8 +218,13 @@ pub async fn receive_snapshot(
         bytes = size,
         "received a snapshot"
     );
+    let Some(state) = state.upgrade() else {
+        return Err(errors::STOPPED.status());
+    };
+    state.stage_received(metadata, installer);
+    drop(state);
     events
-        .deliver(PeerEvent::Received(message))
+        .deliver(PeerEvent::SnapshotReceived(message))
         .await
         .map_err(|_| errors::STOPPED.status())?;
     Ok(wire::SnapshotAck { size_bytes: size })

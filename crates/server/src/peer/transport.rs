@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::state::{SharedState, WeakState};
 use bytes::Bytes;
 use proto::peer as wire;
 use proto::peer::peer_client::PeerClient;
@@ -28,7 +29,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Request;
-use wal::SnapshotFiles;
 
 use super::snapshot_transfer::send_snapshot;
 use super::{LocalIdentity, PEER_MESSAGE_BYTES_MAX};
@@ -60,9 +60,9 @@ pub struct Transport {
     /// std Mutex: held only to look up or replace a queue, never across an
     /// await.
     peers: Arc<Mutex<HashMap<NodeId, PeerQueue>>>,
-    /// Where snapshots to send are read from; without it a snapshot send
-    /// is reported as failed at once.
-    snapshots: Option<SnapshotFiles>,
+    /// The state snapshots are streamed from; without it a snapshot send is
+    /// reported as failed at once.
+    snapshots: Option<WeakState>,
     /// Snapshot transfers run as tasks started from the (non-async) Raft
     /// thread, on the runtime the transport was created in.
     runtime: Option<tokio::runtime::Handle>,
@@ -97,8 +97,8 @@ impl Transport {
     }
 
     /// Snapshots Raft asks to send are streamed from `files`.
-    pub fn with_snapshot_files(mut self, files: SnapshotFiles) -> Self {
-        self.snapshots = Some(files);
+    pub fn with_state(mut self, state: &SharedState) -> Self {
+        self.snapshots = Some(state.downgrade());
         self
     }
 
@@ -114,12 +114,12 @@ impl Transport {
             .lock_peers()
             .get(&peer)
             .and_then(|queue| queue.channel.clone());
-        let (Some(files), Some(runtime), Some(channel)) =
-            (self.snapshots.clone(), self.runtime.clone(), channel)
+        let state = self.snapshots.as_ref().and_then(WeakState::upgrade);
+        let (Some(state), Some(runtime), Some(channel)) = (state, self.runtime.clone(), channel)
         else {
             tracing::warn!(
                 peer,
-                "cannot send a snapshot: no snapshot files or no route to the peer"
+                "cannot send a snapshot: no state to stream or no route to the peer"
             );
             return SnapshotSend::Failed;
         };
@@ -141,7 +141,7 @@ impl Transport {
             tracing::info!(peer = format!("{peer:x}"), index = metadata.index, "sending a snapshot");
             let index = metadata.index;
             let result =
-                send_snapshot(identity, peer, channel, files, wire_message, metadata).await;
+                send_snapshot(identity, peer, channel, state, wire_message, metadata).await;
             sending
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,7 +1,8 @@
 //! What the server's integration tests share: whole members (`server::run`)
-//! started as the binary starts them, their data on the WAL's `CrashFs`,
-//! and the client calls that read what they hold; replicated states and
-//! log entries built by hand for tests of the state machine and storage.
+//! started as the binary starts them, their log on the WAL's `CrashFs` and
+//! their engine in a directory of the test's, and the client calls that
+//! read what they hold; requests and log entries built by hand for tests of
+//! the state machine and storage.
 // Each test crate uses a part of this module.
 #![allow(dead_code)]
 
@@ -16,12 +17,51 @@ use proto::internal::{internal_request, InternalRequest};
 use raft::{ConfChange, ConfChangeKind, Entry, EntryKind};
 use server::config::{ResolvedConfig, ServerConfig};
 use server::server::{open_member_on, run, Listeners, ServerError};
-use server::state::ReplicatedState;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wal::crash_fs::CrashFs;
-use wal::SnapshotFiles;
+
+/// A member's disks: its log on `CrashFs` (this dereferences to it) and its
+/// engine in a temporary directory of the test's, which outlives every
+/// restart of the member on this disk.
+#[derive(Clone)]
+pub struct Disk {
+    pub fs: CrashFs,
+    engine: Arc<tempfile::TempDir>,
+}
+
+impl Disk {
+    pub fn new() -> Disk {
+        Disk {
+            fs: CrashFs::new(),
+            engine: Arc::new(tempfile::tempdir().expect("engine dir")),
+        }
+    }
+
+    pub fn engine(&self) -> &Path {
+        self.engine.path()
+    }
+
+    /// A power cut of the log's disk (see `CrashFs::crash`); the engine
+    /// keeps every batch committed to it, as after a process crash (an
+    /// engine at least as far as its last sync, which is what recovery
+    /// needs).
+    pub fn crash(&self, seed: Option<u64>) -> Disk {
+        Disk {
+            fs: self.fs.crash(seed),
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for Disk {
+    type Target = CrashFs;
+
+    fn deref(&self) -> &CrashFs {
+        &self.fs
+    }
+}
 
 /// A member running in this process: sending on `stop` shuts it down, and
 /// `task` ends with what `server::run` returned.
@@ -30,8 +70,6 @@ pub struct Member {
     pub task: JoinHandle<Result<(), ServerError>>,
     /// The address of its first client listener.
     pub client: SocketAddr,
-    /// Its snapshot directory, to watch what the member writes there.
-    pub snapshots: SnapshotFiles,
 }
 
 /// A listener on `addr` again once a stopped (or crashed) member let go of
@@ -91,42 +129,40 @@ pub fn member_config(
 }
 
 /// Starts a member as the binary does: it restarts from what its data dir
-/// on `fs` holds, and bootstraps from `config` when that is empty. The WAL
-/// writes segments of `segment_bytes` (small ones make purges frequent). A
-/// data dir the member refuses to open fails the test, naming the member
-/// and the reason: after a crash, that refusal is what the tests look for.
+/// on `disk` holds, and bootstraps from `config` when that is empty. The WAL writes segments of
+/// `segment_bytes` (small ones make purges frequent). A data dir the member
+/// refuses to open fails the test, naming the member and the reason: after
+/// a crash, that refusal is what the tests look for.
 pub fn start(
     config: ResolvedConfig,
-    fs: &CrashFs,
+    disk: &Disk,
     segment_bytes: u64,
     listeners: Listeners,
 ) -> Member {
     let name = config.name.clone();
-    let opened = match open_member_on(Arc::new(fs.clone()), config, segment_bytes) {
+    let opened = match open_member_on(
+        Arc::new(disk.fs.clone()),
+        disk.engine(),
+        config,
+        segment_bytes,
+    ) {
         Ok(opened) => opened,
         Err(error) => panic!("member {name} refused to open its data dir: {error}"),
     };
     let (config, storage, raft) = (opened.config, opened.storage, opened.raft);
     let client = listeners.client[0].local_addr().expect("addr");
-    let snapshots = storage.snapshots.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(
         config,
         listeners,
         storage.log,
-        storage.snapshots,
-        storage.restored,
+        storage.state,
         raft,
         async move {
             let _ = stopped.await;
         },
     ));
-    Member {
-        stop,
-        task,
-        client,
-        snapshots,
-    }
+    Member { stop, task, client }
 }
 
 /// Every key under `k/` and its value as the member at `client` answers
@@ -188,34 +224,18 @@ pub async fn member_list(client: SocketAddr) -> Result<Vec<ListedMember>, String
         .collect())
 }
 
-/// Applies a put of `key` = `value` to `state`'s store (the applied index
-/// stays).
-pub fn put_key(state: &mut ReplicatedState, key: &[u8], value: &[u8]) {
-    state.store.apply(&InternalRequest {
+/// An encoded put of `key` = `value`, as a log entry carries it (after
+/// the proposal's header).
+pub fn put_request(key: &[u8], value: &[u8]) -> Vec<u8> {
+    use prost::Message as _;
+    InternalRequest {
         request: Some(internal_request::Request::Put(pb::PutRequest {
             key: key.to_vec().into(),
             value: value.to_vec().into(),
             ..pb::PutRequest::default()
         })),
-    });
-}
-
-/// A state as of `index`, with one key, `at`, telling which: a file or an
-/// install of the wrong state shows in the image.
-pub fn state_at(index: u64) -> ReplicatedState {
-    let mut state = ReplicatedState {
-        applied_index: index,
-        ..ReplicatedState::default()
-    };
-    put_key(&mut state, b"at", index.to_string().as_bytes());
-    state
-}
-
-/// The state's image, the bytes a snapshot file holds.
-pub fn image(state: &ReplicatedState) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    state.write_image(&mut bytes).expect("image");
-    bytes
+    }
+    .encode_to_vec()
 }
 
 /// A conf change entry of term 1 at `index`, with no context (as the

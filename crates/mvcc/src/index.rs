@@ -1,25 +1,18 @@
 //! The key index: for every key, the revisions at which it was written,
 //! grouped into generations (a generation runs from a creation to a
-//! deletion). Answers "which revision of key K is visible at revision R".
+//! deletion). Answers "which revision of key K is visible at revision R"
+//! without touching the engine.
+//!
+//! It lives in memory and holds no values: its size follows the number of
+//! keys and retained versions. The engine holds everything needed to
+//! rebuild it (`KeyHistory::restore`, called by the store at open).
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
 use bytes::Bytes;
 
-/// A point in the store's history: `main` is the cluster-wide revision of a
-/// write request; `sub` orders the changes within one (a transaction).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Revision {
-    pub main: i64,
-    pub sub: i64,
-}
-
-impl Revision {
-    pub fn new(main: i64, sub: i64) -> Self {
-        Revision { main, sub }
-    }
-}
+use crate::keys::Revision;
 
 /// One life of a key: created at `revisions[0]`, then modified; ended by a
 /// deletion at `deleted`, if it was.
@@ -40,6 +33,22 @@ pub struct VersionInfo {
     pub created: Revision,
     /// Writes since creation, 1 after the creating put.
     pub version: i64,
+}
+
+/// One version as the engine holds it, for [`KeyHistory::restore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RestoredVersion {
+    Put { created: Revision, version: i64 },
+    Tombstone,
+}
+
+/// A version [`KeyIndex::compact`] dropped, for the store to remove from
+/// the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedVersion {
+    pub key: Bytes,
+    pub revision: Revision,
+    pub tombstone: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,17 +81,94 @@ impl KeyHistory {
     }
 
     /// Records a put at `revision`: the open generation continues, or a new
-    /// one starts.
-    pub(crate) fn record_put(&mut self, revision: Revision) {
+    /// one starts. Returns what the index now knows of the new version.
+    pub(crate) fn record_put(&mut self, revision: Revision) -> VersionInfo {
         match self.generations.last_mut() {
-            Some(generation) if generation.deleted.is_none() => generation.revisions.push(revision),
-            _ => self.generations.push(Generation {
-                created: revision,
-                first_version: 1,
-                revisions: vec![revision],
-                deleted: None,
-            }),
+            Some(generation) if generation.deleted.is_none() => {
+                generation.revisions.push(revision);
+                VersionInfo {
+                    modified: revision,
+                    created: generation.created,
+                    version: generation.first_version + generation.revisions.len() as i64 - 1,
+                }
+            }
+            _ => {
+                self.generations.push(Generation {
+                    created: revision,
+                    first_version: 1,
+                    revisions: vec![revision],
+                    deleted: None,
+                });
+                VersionInfo {
+                    modified: revision,
+                    created: revision,
+                    version: 1,
+                }
+            }
         }
+    }
+
+    /// Appends a version read back from the engine. Versions must come in
+    /// revision order; what they say of themselves (creation, version
+    /// number) must continue the history so far. `Err` says what does not.
+    pub(crate) fn restore(
+        &mut self,
+        revision: Revision,
+        stored: RestoredVersion,
+    ) -> Result<(), String> {
+        if let Some(last) = self.last_revision() {
+            if revision <= last {
+                return Err(format!("follows revision {last:?}"));
+            }
+        }
+        let open = self
+            .generations
+            .last_mut()
+            .filter(|generation| generation.deleted.is_none());
+        match (open, stored) {
+            (Some(generation), RestoredVersion::Tombstone) => {
+                generation.deleted = Some(revision);
+            }
+            (Some(generation), RestoredVersion::Put { created, version }) => {
+                let expected = generation.first_version + generation.revisions.len() as i64;
+                if created != generation.created || version != expected {
+                    return Err(format!(
+                        "says created at {created:?}, version {version}; its generation \
+                         expects created at {:?}, version {expected}",
+                        generation.created
+                    ));
+                }
+                generation.revisions.push(revision);
+            }
+            (None, RestoredVersion::Tombstone) => {
+                return Err("is a deletion of a key that does not exist".into());
+            }
+            (None, RestoredVersion::Put { created, version }) => {
+                let consistent = if version == 1 {
+                    created == revision
+                } else {
+                    version > 1 && created < revision
+                };
+                if !consistent {
+                    return Err(format!(
+                        "starts a generation, but says created at {created:?}, version {version}"
+                    ));
+                }
+                self.generations.push(Generation {
+                    created,
+                    first_version: version,
+                    revisions: vec![revision],
+                    deleted: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest revision of any change recorded.
+    pub(crate) fn last_revision(&self) -> Option<Revision> {
+        let generation = self.generations.last()?;
+        generation.deleted.or(generation.revisions.last().copied())
     }
 
     pub(crate) fn visible(&self, at: i64) -> Option<VersionInfo> {
@@ -156,7 +242,7 @@ pub struct KeyIndex {
 }
 
 impl KeyIndex {
-    pub fn put(&mut self, key: &Bytes, revision: Revision) {
+    pub fn put(&mut self, key: &Bytes, revision: Revision) -> VersionInfo {
         match self.histories.get_mut(key) {
             Some(history) => history.record_put(revision),
             None => self.insert_created(key.clone(), revision),
@@ -169,13 +255,21 @@ impl KeyIndex {
     }
 
     /// Starts the history of a key the index does not have.
-    pub(crate) fn insert_created(&mut self, key: Bytes, revision: Revision) {
+    ///
+    /// The index keeps its own copy of the key: a request's key is a slice
+    /// of its whole log entry (value included), and keeping that slice kept
+    /// the entry's buffer alive for as long as the key exists: ~1 KiB per
+    /// key of a 1 KiB-value load, most of a member's memory (measured:
+    /// 420 MiB resident after 400,000 puts of 1 KiB on 200,000 keys, one
+    /// member; 190 MiB with the copy).
+    pub(crate) fn insert_created(&mut self, key: Bytes, revision: Revision) -> VersionInfo {
         let mut history = KeyHistory::default();
-        history.record_put(revision);
-        self.insert_history(key, history);
+        let info = history.record_put(revision);
+        self.insert_history(Bytes::copy_from_slice(&key), history);
+        info
     }
 
-    /// Adds a key with its whole history (snapshot restore).
+    /// Adds a key with its whole history (rebuild from the engine).
     pub(crate) fn insert_history(&mut self, key: Bytes, history: KeyHistory) {
         let known = self.histories.insert(key.clone(), history).is_some();
         debug_assert!(!known, "a key's history is inserted once");
@@ -250,6 +344,14 @@ impl KeyIndex {
         self.histories.get(key)?.visible_at(at)
     }
 
+    /// [`KeyIndex::get`] with the index's own copy of the key: one hash
+    /// lookup, where a range over the ordered set would descend the B-tree
+    /// (comparing keys) and skip the invisible keys after `key`.
+    pub fn get_entry(&self, key: &[u8], at: i64) -> Option<(&Bytes, VersionInfo)> {
+        let (key, history) = self.histories.get_key_value(key)?;
+        history.visible_at(at).map(|info| (key, info))
+    }
+
     /// Keys in `[start, end)` visible at `at`, in key order. `end = None`
     /// means unbounded.
     pub fn range<'a>(
@@ -282,19 +384,28 @@ impl KeyIndex {
     }
 
     /// Forgets history older than `at`: for every key, only what a read at
-    /// `at` or later can see survives. Returns the revisions no longer
-    /// reachable, for the caller to drop from storage.
-    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+    /// `at` or later can see survives. Returns every version no longer
+    /// reachable (puts and deletions), for the caller to drop from storage.
+    pub fn compact(&mut self, at: i64) -> Vec<DroppedVersion> {
         let mut dropped = Vec::new();
         let mut forgotten = Vec::new();
         self.histories.retain(|key, history| {
             let mut kept = Vec::new();
+            let put = |revision| DroppedVersion {
+                key: key.clone(),
+                revision,
+                tombstone: false,
+            };
             for generation in history.generations.drain(..) {
                 if let Some(deleted) = generation.deleted {
                     if deleted.main <= at {
                         // The whole generation ended at or before `at`.
-                        dropped.extend(generation.revisions);
-                        dropped.push(deleted);
+                        dropped.extend(generation.revisions.into_iter().map(put));
+                        dropped.push(DroppedVersion {
+                            key: key.clone(),
+                            revision: deleted,
+                            tombstone: true,
+                        });
                         continue;
                     }
                 }
@@ -305,7 +416,7 @@ impl KeyIndex {
                     .rposition(|revision| revision.main <= at)
                     .unwrap_or(0);
                 let mut generation = generation;
-                dropped.extend(generation.revisions.drain(..keep_from));
+                dropped.extend(generation.revisions.drain(..keep_from).map(put));
                 generation.first_version += keep_from as i64;
                 kept.push(generation);
             }
@@ -424,10 +535,33 @@ mod tests {
         index.put(&key("b"), Revision::new(4, 0));
         index.delete(&key("b"), Revision::new(5, 0));
         let dropped = index.compact(4);
-        assert!(dropped.contains(&Revision::new(2, 0)));
+        assert_eq!(
+            dropped,
+            vec![DroppedVersion {
+                key: key("a"),
+                revision: Revision::new(2, 0),
+                tombstone: false
+            }]
+        );
         assert_eq!(index.get(b"a", 4).map(|v| v.modified.main), Some(3));
         assert_eq!(index.get(b"b", 4).map(|v| v.modified.main), Some(4));
-        index.compact(5);
+        let mut dropped = index.compact(5);
+        dropped.sort_by_key(|version| version.revision);
+        assert_eq!(
+            dropped,
+            vec![
+                DroppedVersion {
+                    key: key("b"),
+                    revision: Revision::new(4, 0),
+                    tombstone: false
+                },
+                DroppedVersion {
+                    key: key("b"),
+                    revision: Revision::new(5, 0),
+                    tombstone: true
+                },
+            ]
+        );
         assert_eq!(index.key_count(), 1, "b's only generation ended at 5");
     }
 

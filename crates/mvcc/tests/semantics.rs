@@ -1,11 +1,18 @@
-//! etcd's documented semantics, one behaviour per test.
+//! etcd's documented semantics, one behaviour per test, on a store in a
+//! temporary directory (each request committed as its own entry, so reads
+//! come from the engine; a transaction reads its own writes from the
+//! pending batch).
+
+mod common;
 
 use bytes::Bytes;
-use kv::store::{
+use common::store::TestStore as Store;
+use mvcc::store::{
     ERR_COMPACTED, ERR_DUPLICATE_KEY, ERR_EMPTY_KEY, ERR_FUTURE_REV, ERR_KEY_NOT_FOUND,
-    ERR_LEASE_NOT_FOUND, ERR_TOO_MANY_OPS, ERR_TXN_TOO_DEEP, MAX_TXN_NESTING,
+    ERR_KEY_TOO_LARGE, ERR_LEASE_NOT_FOUND, ERR_TOO_MANY_OPS, ERR_TXN_TOO_DEEP, MAX_KEY_BYTES,
+    MAX_TXN_NESTING,
 };
-use kv::{validate_request, ApplyError, Store};
+use mvcc::{validate_request, ApplyError};
 use prost::Message;
 use proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, Compare,
@@ -792,12 +799,6 @@ fn txn_request(success: Vec<RequestOp>) -> TxnRequest {
     }
 }
 
-fn snapshot_bytes(store: &Store) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    store.write_snapshot(&mut bytes).expect("snapshot");
-    bytes
-}
-
 /// Found in review: a transaction nested 49 deep passed gRPC decoding and
 /// validation, but its log entry (one message deeper) could not be decoded
 /// by prost, so every member's apply thread stopped at it, again after
@@ -1053,7 +1054,7 @@ fn a_validated_transaction_failing_mid_run_is_undone_to_the_byte() {
         .expect("compact")
     };
     compact(&mut store, 4);
-    let before = store.clone();
+    let before = store.twin();
     let request = txn_request(vec![
         op_put("n", "new"),
         op_delete("a", "\0"),
@@ -1067,8 +1068,9 @@ fn a_validated_transaction_failing_mid_run_is_undone_to_the_byte() {
     assert_eq!(store.current_revision(), before.current_revision());
     assert_eq!(store.key_count(), before.key_count());
     assert_eq!(store.stored_bytes(), before.stored_bytes());
-    assert_eq!(snapshot_bytes(&store), snapshot_bytes(&before));
-    let mut twin = before.clone();
+    assert_eq!(store.dump(), before.dump());
+    assert_eq!(store.hash_kv(0), before.hash_kv(0));
+    let mut twin = before.twin();
     for store in [&mut store, &mut twin] {
         txn(
             store,
@@ -1078,7 +1080,8 @@ fn a_validated_transaction_failing_mid_run_is_undone_to_the_byte() {
         let current = store.current_revision();
         compact(store, current);
     }
-    assert_eq!(snapshot_bytes(&store), snapshot_bytes(&twin));
+    assert_eq!(store.dump(), twin.dump());
+    assert_eq!(store.hash_kv(0), twin.hash_kv(0));
 }
 
 #[test]
@@ -1193,4 +1196,43 @@ fn hash_kv_agrees_for_equal_histories_and_differs_otherwise() {
         "history up to a shared revision still agrees"
     );
     assert_eq!(first.hash_kv(99), Err(ERR_FUTURE_REV));
+}
+
+/// A key longer than the engine can hold every version of is refused
+/// before the log and, should one reach the store, at apply (alone or in
+/// a transaction), changing nothing; the longest allowed key is stored.
+#[test]
+fn keys_beyond_the_engine_limit_are_refused() {
+    let longest = "\0".repeat(MAX_KEY_BYTES);
+    let too_long = "k".repeat(MAX_KEY_BYTES + 1);
+    let proposal = InternalRequest {
+        request: Some(internal_request::Request::Put(put_request(&too_long, "v"))),
+    };
+    assert_eq!(validate_request(&proposal, 128), Err(ERR_KEY_TOO_LARGE));
+    let in_txn = InternalRequest {
+        request: Some(internal_request::Request::Txn(txn_request(vec![op_put(
+            &too_long, "v",
+        )]))),
+    };
+    assert_eq!(validate_request(&in_txn, 128), Err(ERR_KEY_TOO_LARGE));
+
+    let mut store = Store::default();
+    put(&mut store, &longest, "v");
+    assert_eq!(get(&store, &longest).kvs[0].value, b("v"));
+    let revision = store.current_revision();
+    let before = store.dump();
+    assert_eq!(
+        put_with(&mut store, put_request(&too_long, "v")).err(),
+        Some(ERR_KEY_TOO_LARGE)
+    );
+    assert_eq!(
+        txn(
+            &mut store,
+            txn_request(vec![op_put("a", "1"), op_put(&too_long, "v")])
+        )
+        .err(),
+        Some(ERR_KEY_TOO_LARGE)
+    );
+    assert_eq!(store.current_revision(), revision);
+    assert_eq!(store.dump(), before);
 }
