@@ -11,12 +11,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{addr_url as url, Disk, Member};
+use common::{addr_url as url, Disk, Member, Proxy};
 use proto::etcdserverpb as pb;
 use server::config::{ResolvedConfig, ServerConfig};
 use server::server::{Listeners, ServerError};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(40);
 const SEGMENT_BYTES: u64 = 2048;
@@ -461,7 +460,9 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
         tokio::spawn(async move {
             let mut i = 0u64;
             let mut revisions = Vec::new();
-            while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            // At least 40 writes however slow the machine: the checks below
+            // look back 20 of them.
+            while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) || revisions.len() <= 40 {
                 revisions.push(put_acked(a, &format!("k/{:02}", i % 11), &format!("w-{i}")).await);
                 if i % 7 == 3 {
                     revisions.push(delete_acked(a, &format!("k/{:02}", (i + 5) % 11)).await);
@@ -493,49 +494,6 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
     converge("after rounds of catching up under load", &clients, &asked).await;
     for member in members {
         stop(member).await;
-    }
-}
-
-struct Proxy {
-    connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn spawn(listen: SocketAddr, target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind(listen).await.expect("bind proxy");
-        let connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let tracked = connections.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let connection = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = inbound.set_nodelay(true);
-                        let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tracked.lock().expect("connections").push(connection);
-            }
-        });
-        Proxy {
-            connections,
-            accept,
-        }
-    }
-
-    /// Closes every connection through the proxy (new ones are accepted).
-    fn cut(&self) {
-        for connection in self.connections.lock().expect("connections").drain(..) {
-            connection.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
     }
 }
 

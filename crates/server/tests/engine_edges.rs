@@ -18,36 +18,11 @@ const SEGMENT_BYTES: u64 = 64 * 1024;
 /// mvcc's `MAX_KEY_BYTES` (USER_KEY_BYTES_MAX = (65_535 - 18) / 2).
 const MAX_KEY: usize = 32_758;
 
-fn config(client: &TcpListener, peer: &TcpListener, peer_url: &str) -> ResolvedConfig {
-    ServerConfig {
-        listen_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![peer_url.to_string()],
-        initial_cluster: Some(format!("a={peer_url}")),
-        ..common::member_config("a", 4, 2)
-    }
-    .resolve()
-    .expect("valid config")
-}
-
-async fn kv(client: SocketAddr) -> pb::kv_client::KvClient<tonic::transport::Channel> {
-    let started = Instant::now();
-    loop {
-        match pb::kv_client::KvClient::connect(format!("http://{client}")).await {
-            Ok(kv) => return kv,
-            Err(error) => {
-                assert!(started.elapsed() < DEADLINE, "connect: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 async fn launch(disk: &Disk, peer_url: Option<String>) -> (Member, String) {
     let (client, peer) = (bind().await, bind().await);
     let peer_url = peer_url.unwrap_or_else(|| url(&peer));
     let member = start(
-        config(&client, &peer, &peer_url),
+        common::lone_member_config(&client, &peer, &peer_url),
         disk,
         SEGMENT_BYTES,
         Listeners {
@@ -127,7 +102,7 @@ async fn get(
 async fn keys_at_the_size_limit_survive_writes_compaction_and_a_restart() {
     let disk = Disk::new();
     let (member, peer_url) = launch(&disk, None).await;
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     let zeros = vec![0u8; MAX_KEY];
     let ones = vec![0xFFu8; MAX_KEY];
     let mut prefix_zeros = vec![0u8; MAX_KEY];
@@ -223,7 +198,7 @@ async fn keys_at_the_size_limit_survive_writes_compaction_and_a_restart() {
     stop(member).await;
 
     let (member, _) = launch(&disk, Some(peer_url)).await;
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     assert_eq!(get(&mut client, &zeros).await, Some(vec![5u8; 16]));
     assert_eq!(get(&mut client, &ones).await, None);
     // The transaction's delete held it.
@@ -279,7 +254,7 @@ async fn writes_come_back_after_deleting_everything_and_compacting_over_the_quot
     // The size of a fresh engine, to set a quota a little above it.
     let probe = Disk::new();
     let (member, _) = launch(&probe, None).await;
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     put_retry(&mut client, b"k/probe".to_vec(), b"v".to_vec())
         .await
         .expect("probe put");
@@ -301,7 +276,7 @@ async fn writes_come_back_after_deleting_everything_and_compacting_over_the_quot
             peer: vec![peer_l],
         },
     );
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     let mut written = 0;
     let mut refused = None;
     for n in 0..2_000u32 {
@@ -398,7 +373,7 @@ async fn writes_come_back_after_deleting_everything_and_compacting_over_the_quot
             peer: vec![peer_l],
         },
     );
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     let after_restart = put_retry(&mut client, b"k/after".to_vec(), b"small".to_vec()).await;
     let size_restarted = db_size(member.client).await;
     drop(client);
@@ -497,7 +472,7 @@ async fn acknowledged_writes_survive_an_engine_that_lost_its_unsynced_batches() 
             url(&peer)
         };
         let member = launch_count(&disk, &peer_url, 4).await;
-        let mut client = kv(member.client).await;
+        let mut client = common::kv_client(member.client).await;
         for n in 0..20u32 {
             put_retry(
                 &mut client,
@@ -513,7 +488,7 @@ async fn acknowledged_writes_survive_an_engine_that_lost_its_unsynced_batches() 
         copy_tree(disk.engine(), saved.path());
 
         let member = launch_count(&disk, &peer_url, 1_000_000).await;
-        let mut client = kv(member.client).await;
+        let mut client = common::kv_client(member.client).await;
         for n in 10..(30 + seed as u32 * 5) {
             put_retry(
                 &mut client,
@@ -530,7 +505,7 @@ async fn acknowledged_writes_survive_an_engine_that_lost_its_unsynced_batches() 
         copy_tree(saved.path(), crashed.engine());
 
         let member = launch_count(&crashed, &peer_url, 4).await;
-        let mut client = kv(member.client).await;
+        let mut client = common::kv_client(member.client).await;
         for n in 0..(30 + seed as u32 * 5) {
             let want: &[u8] = if n < 10 { b"first" } else { b"second" };
             assert_eq!(
@@ -552,7 +527,7 @@ async fn acknowledged_writes_survive_an_engine_that_lost_its_unsynced_batches() 
 async fn odd_revisions_limits_and_bounds_are_answered_and_the_member_lives_on() {
     let disk = Disk::new();
     let (member, peer_url) = launch(&disk, None).await;
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     for n in 0..10u8 {
         put_retry(&mut client, vec![b'k', b'/', n], vec![n])
             .await
@@ -636,7 +611,7 @@ async fn odd_revisions_limits_and_bounds_are_answered_and_the_member_lives_on() 
     drop(client);
     stop(member).await;
     let (member, _) = launch(&disk, Some(peer_url)).await;
-    let mut client = kv(member.client).await;
+    let mut client = common::kv_client(member.client).await;
     assert_eq!(get(&mut client, b"k/alive").await, Some(b"yes".to_vec()));
     assert_eq!(get(&mut client, &[b'k', b'/', 9]).await, Some(vec![9]));
     drop(client);

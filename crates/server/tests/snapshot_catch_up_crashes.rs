@@ -14,15 +14,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{addr_url as url, Disk, ListedMember, Member};
+use common::{addr_url as url, Disk, ListedMember, Member, Proxy};
 use proto::etcdserverpb as pb;
 use server::config::{ResolvedConfig, ServerConfig};
 use server::server::{Listeners, ServerError};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
@@ -98,53 +96,6 @@ async fn keys(client: SocketAddr, serializable: bool) -> Option<BTreeMap<String,
 /// The list as the member returns it (order included), if it answers.
 async fn member_list(client: SocketAddr) -> Option<Vec<ListedMember>> {
     common::member_list(client).await.ok()
-}
-
-/// A TCP forwarder standing for a member's peer address, so that a test can
-/// cut every connection to a member the way its death would (an in-process
-/// "crash" leaves the dead member's accepted peer connections served by
-/// their own tasks, which outlive `run`).
-struct Proxy {
-    connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn spawn(listen: SocketAddr, target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind(listen).await.expect("bind proxy");
-        let connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let tracked = connections.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let connection = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = inbound.set_nodelay(true);
-                        let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tracked.lock().expect("connections").push(connection);
-            }
-        });
-        Proxy {
-            connections,
-            accept,
-        }
-    }
-
-    /// Closes every connection through the proxy (new ones are accepted).
-    fn cut(&self) {
-        for connection in self.connections.lock().expect("connections").drain(..) {
-            connection.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
 }
 
 async fn free_addr() -> SocketAddr {

@@ -16,41 +16,12 @@ use std::time::{Duration, Instant};
 
 use common::{bind, start, url, Disk};
 use proto::etcdserverpb as pb;
-use server::config::{ResolvedConfig, ServerConfig};
 use server::server::Listeners;
-use tokio::net::TcpListener;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Small WAL segments: purges happen all the time.
 const SEGMENT_BYTES: u64 = 2048;
-
-/// Member `a` of a one-member cluster whose id comes from `peer_url`; it
-/// listens on the given listeners (a restart listens elsewhere).
-fn config(client: &TcpListener, peer: &TcpListener, peer_url: &str) -> ResolvedConfig {
-    ServerConfig {
-        listen_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![peer_url.to_string()],
-        initial_cluster: Some(format!("a={peer_url}")),
-        ..common::member_config("a", 4, 2)
-    }
-    .resolve()
-    .expect("valid config")
-}
-
-async fn kv(client: SocketAddr) -> pb::kv_client::KvClient<tonic::transport::Channel> {
-    let started = Instant::now();
-    loop {
-        match pb::kv_client::KvClient::connect(format!("http://{client}")).await {
-            Ok(kv) => return kv,
-            Err(error) => {
-                assert!(started.elapsed() < DEADLINE, "connect: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
 
 /// Every key with prefix `k/` and its value, linearizably, retried until a
 /// leader answers.
@@ -75,7 +46,7 @@ async fn one_crash(seed: u64) {
     let (client, peer) = (bind().await, bind().await);
     let peer_url = url(&peer);
     let member = start(
-        config(&client, &peer, &peer_url),
+        common::lone_member_config(&client, &peer, &peer_url),
         &fs,
         SEGMENT_BYTES,
         Listeners {
@@ -89,7 +60,7 @@ async fn one_crash(seed: u64) {
         let acknowledged = acknowledged.clone();
         let client = member.client;
         writers.push(tokio::spawn(async move {
-            let mut kv = kv(client).await;
+            let mut kv = common::kv_client(client).await;
             let mut failures = 0;
             for round in 0u64.. {
                 let key = format!("k/{writer}/{round:06}");
@@ -135,7 +106,7 @@ async fn one_crash(seed: u64) {
 
     let (client, peer) = (bind().await, bind().await);
     let member = start(
-        config(&client, &peer, &peer_url),
+        common::lone_member_config(&client, &peer, &peer_url),
         &fs,
         SEGMENT_BYTES,
         Listeners {

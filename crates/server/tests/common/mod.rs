@@ -128,6 +128,40 @@ pub fn member_config(
     }
 }
 
+/// Member `a` of a one-member cluster whose id comes from `peer_url`,
+/// listening on the given listeners (a restart may listen elsewhere), with
+/// a snapshot every 4 entries.
+pub fn lone_member_config(
+    client: &TcpListener,
+    peer: &TcpListener,
+    peer_url: &str,
+) -> ResolvedConfig {
+    ServerConfig {
+        listen_client_urls: vec![url(client)],
+        listen_peer_urls: vec![url(peer)],
+        initial_advertise_peer_urls: vec![peer_url.to_string()],
+        initial_cluster: Some(format!("a={peer_url}")),
+        ..member_config("a", 4, 2)
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+/// A KV client of the member at `client`, once it accepts connections
+/// (within 30 s).
+pub async fn kv_client(client: SocketAddr) -> pb::kv_client::KvClient<tonic::transport::Channel> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match pb::kv_client::KvClient::connect(format!("http://{client}")).await {
+            Ok(kv) => return kv,
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "connect: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Starts a member as the binary does: it restarts from what its data dir
 /// on `disk` holds, and bootstraps from `config` when that is empty. The WAL writes segments of
 /// `segment_bytes` (small ones make purges frequent). A data dir the member
@@ -251,5 +285,52 @@ pub fn conf_change(index: u64, change: ConfChangeKind, node_id: u64) -> Entry {
             context: Bytes::new(),
         }
         .encode(),
+    }
+}
+
+/// A TCP forwarder standing for a member's peer address, so that a test can
+/// cut every connection to a member the way its death would (an in-process
+/// "crash" leaves the dead member's accepted peer connections served by
+/// their own tasks, which outlive `run`).
+pub struct Proxy {
+    connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn spawn(listen: SocketAddr, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(listen).await.expect("bind proxy");
+        let connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let tracked = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().expect("connections").push(connection);
+            }
+        });
+        Proxy {
+            connections,
+            accept,
+        }
+    }
+
+    /// Closes every connection through the proxy (new ones are accepted).
+    pub fn cut(&self) {
+        for connection in self.connections.lock().expect("connections").drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }
