@@ -11,48 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{addr_url as url, Disk, Member, Proxy};
+use common::{addr_url as url, Disk, Proxy};
 use proto::etcdserverpb as pb;
-use server::config::{ResolvedConfig, ServerConfig};
-use server::server::{Listeners, ServerError};
+use server::config::ResolvedConfig;
 use tokio::net::TcpListener;
 
 const DEADLINE: Duration = Duration::from_secs(40);
-const SEGMENT_BYTES: u64 = 2048;
-
-fn config(
-    name: &str,
-    client: SocketAddr,
-    peer: SocketAddr,
-    advertised_peer: SocketAddr,
-    cluster: &str,
-) -> ResolvedConfig {
-    ServerConfig {
-        listen_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![url(advertised_peer)],
-        initial_cluster: Some(cluster.to_string()),
-        ..common::member_config(name, 4, 2)
-    }
-    .resolve()
-    .expect("valid config")
-}
-
-async fn start(config: ResolvedConfig, fs: &Disk) -> Member {
-    let listeners = Listeners {
-        client: vec![common::rebind(config.listen_client_addrs[0], DEADLINE).await],
-        peer: vec![common::rebind(config.listen_peer_addrs[0], DEADLINE).await],
-    };
-    common::start(config, fs, SEGMENT_BYTES, listeners)
-}
-
-async fn stop(member: Member) -> Option<Result<(), ServerError>> {
-    let _ = member.stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), member.task)
-        .await
-        .ok()
-        .map(|joined| joined.expect("member task"))
-}
 
 async fn kv(client: SocketAddr) -> Option<pb::kv_client::KvClient<tonic::transport::Channel>> {
     pb::kv_client::KvClient::connect(url(client)).await.ok()
@@ -257,7 +221,7 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            config(
+            common::cluster_member_config(
                 name,
                 addrs[2 * i],
                 addrs[2 * i + 1],
@@ -268,9 +232,9 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let mut members = vec![
-        start(configs[0].clone(), &fs[0]).await,
-        start(configs[1].clone(), &fs[1]).await,
-        start(configs[2].clone(), &fs[2]).await,
+        common::restart_on(configs[0].clone(), &fs[0]).await,
+        common::restart_on(configs[1].clone(), &fs[1]).await,
+        common::restart_on(configs[2].clone(), &fs[2]).await,
     ];
     let a = members[0].client;
     put_acked(a, "k/start", "1").await;
@@ -280,7 +244,7 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
     }
     delete_acked(a, "k/03").await;
     let c = members.pop().expect("c");
-    stop(c).await;
+    common::stop_within(c).await;
     proxy_c.cut();
     // History c misses: overwrites, deletes, re-creations, a compaction in
     // the middle that keeps some old versions and drops others.
@@ -297,16 +261,16 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
     }
     let last = *revisions.last().expect("revisions");
     let asked: Vec<i64> = vec![revisions[18], revisions[22], revisions[30], last];
-    let c = start(configs[2].clone(), &fs[2]).await;
+    let c = common::restart_on(configs[2].clone(), &fs[2]).await;
     members.push(c);
     let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     converge("after c caught up by snapshot", &clients, &asked).await;
 
     // c restarts from the installed engine.
     let c = members.pop().expect("c");
-    stop(c).await;
+    common::stop_within(c).await;
     proxy_c.cut();
-    members.push(start(configs[2].clone(), &fs[2]).await);
+    members.push(common::restart_on(configs[2].clone(), &fs[2]).await);
     let later = put_acked(a, "k/after-restart", "x").await;
     let mut asked_later = asked.clone();
     asked_later.push(later);
@@ -314,18 +278,18 @@ async fn a_member_caught_up_by_snapshot_answers_hashkv_and_history_as_the_others
 
     // Everyone restarts.
     for member in members.drain(..) {
-        stop(member).await;
+        common::stop_within(member).await;
     }
     proxy_c.cut();
     for (config, disk) in configs.iter().zip(&fs) {
-        members.push(start(config.clone(), disk).await);
+        members.push(common::restart_on(config.clone(), disk).await);
     }
     let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     let final_rev = put_acked(clients[1], "k/after-all", "y").await;
     asked_later.push(final_rev);
     converge("after every member restarted", &clients, &asked_later).await;
     for member in members {
-        stop(member).await;
+        common::stop_within(member).await;
     }
 }
 /// The leader that sends the snapshot restarted since it compacted its log
@@ -352,7 +316,7 @@ async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            config(
+            common::cluster_member_config(
                 name,
                 addrs[2 * i],
                 addrs[2 * i + 1],
@@ -363,13 +327,13 @@ async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let mut members = vec![
-        start(configs[0].clone(), &fs[0]).await,
-        start(configs[1].clone(), &fs[1]).await,
-        start(configs[2].clone(), &fs[2]).await,
+        common::restart_on(configs[0].clone(), &fs[0]).await,
+        common::restart_on(configs[1].clone(), &fs[1]).await,
+        common::restart_on(configs[2].clone(), &fs[2]).await,
     ];
     put_acked(members[0].client, "k/start", "1").await;
     let c = members.pop().expect("c");
-    stop(c).await;
+    common::stop_within(c).await;
     proxy_c.cut();
     let mut revisions = Vec::new();
     for i in 0..40 {
@@ -389,28 +353,28 @@ async fn a_member_caught_up_from_a_restarted_leader_answers_as_the_others() {
         }
     }
     for member in members.drain(..) {
-        stop(member).await;
+        common::stop_within(member).await;
     }
     let crashed: Vec<Disk> = fs.iter().map(|disk| disk.crash(Some(7))).collect();
     for i in 0..2 {
-        members.push(start(configs[i].clone(), &crashed[i]).await);
+        members.push(common::restart_on(configs[i].clone(), &crashed[i]).await);
     }
     let more = put_acked(members[1].client, "k/more", "m").await;
-    members.push(start(configs[2].clone(), &crashed[2]).await);
+    members.push(common::restart_on(configs[2].clone(), &crashed[2]).await);
     let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     let asked = vec![revisions[25], revisions[40], more];
     converge("c caught up from a restarted leader", &clients, &asked).await;
     let c = members.pop().expect("c");
-    stop(c).await;
+    common::stop_within(c).await;
     proxy_c.cut();
-    members.push(start(configs[2].clone(), &crashed[2]).await);
+    members.push(common::restart_on(configs[2].clone(), &crashed[2]).await);
     let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     let last = put_acked(clients[2], "k/last", "l").await;
     let mut asked = asked;
     asked.push(last);
     converge("c restarted after catching up", &clients, &asked).await;
     for member in members {
-        stop(member).await;
+        common::stop_within(member).await;
     }
 }
 
@@ -437,7 +401,7 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            config(
+            common::cluster_member_config(
                 name,
                 addrs[2 * i],
                 addrs[2 * i + 1],
@@ -448,9 +412,9 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let mut members = vec![
-        start(configs[0].clone(), &fs[0]).await,
-        start(configs[1].clone(), &fs[1]).await,
-        start(configs[2].clone(), &fs[2]).await,
+        common::restart_on(configs[0].clone(), &fs[0]).await,
+        common::restart_on(configs[1].clone(), &fs[1]).await,
+        common::restart_on(configs[2].clone(), &fs[2]).await,
     ];
     let a = members[0].client;
     put_acked(a, "k/start", "1").await;
@@ -477,10 +441,10 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
     };
     for round in 0..4 {
         let c = members.pop().expect("c");
-        stop(c).await;
+        common::stop_within(c).await;
         proxy_c.cut();
         tokio::time::sleep(Duration::from_millis(300 + round * 100)).await;
-        members.push(start(configs[2].clone(), &fs[2]).await);
+        members.push(common::restart_on(configs[2].clone(), &fs[2]).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -493,7 +457,7 @@ async fn catching_up_by_snapshot_under_concurrent_writes_and_compactions_converg
     let clients: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     converge("after rounds of catching up under load", &clients, &asked).await;
     for member in members {
-        stop(member).await;
+        common::stop_within(member).await;
     }
 }
 

@@ -16,51 +16,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{addr_url as url, Disk, ListedMember, Member, Proxy};
+use common::{addr_url as url, Disk, ListedMember, Proxy};
 use proto::etcdserverpb as pb;
-use server::config::{ResolvedConfig, ServerConfig};
-use server::server::{Listeners, ServerError};
+use server::config::ResolvedConfig;
 use tokio::net::TcpListener;
 
 const DEADLINE: Duration = Duration::from_secs(40);
-
-/// Small WAL segments: purges happen all the time.
-const SEGMENT_BYTES: u64 = 2048;
-
-fn config(
-    name: &str,
-    client: SocketAddr,
-    peer: SocketAddr,
-    advertised_peer: SocketAddr,
-    cluster: &str,
-) -> ResolvedConfig {
-    ServerConfig {
-        listen_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![url(advertised_peer)],
-        initial_cluster: Some(cluster.to_string()),
-        ..common::member_config(name, 4, 2)
-    }
-    .resolve()
-    .expect("valid config")
-}
-
-/// Starts (or restarts) the member on the addresses its config names.
-async fn start(config: ResolvedConfig, fs: &Disk) -> Member {
-    let listeners = Listeners {
-        client: vec![common::rebind(config.listen_client_addrs[0], DEADLINE).await],
-        peer: vec![common::rebind(config.listen_peer_addrs[0], DEADLINE).await],
-    };
-    common::start(config, fs, SEGMENT_BYTES, listeners)
-}
-
-async fn stop(member: Member) -> Option<Result<(), ServerError>> {
-    let _ = member.stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), member.task)
-        .await
-        .ok()
-        .map(|joined| joined.expect("member task"))
-}
 
 async fn put(client: SocketAddr, key: &str, value: &str) -> bool {
     let Ok(mut kv) = pb::kv_client::KvClient::connect(url(client)).await else {
@@ -126,7 +87,7 @@ async fn one_run(seed: u64) {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            config(
+            common::cluster_member_config(
                 name,
                 addrs[2 * i],
                 addrs[2 * i + 1],
@@ -136,16 +97,16 @@ async fn one_run(seed: u64) {
         })
         .collect();
     let fs: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
-    let a = start(configs[0].clone(), &fs[0]).await;
-    let b = start(configs[1].clone(), &fs[1]).await;
-    let c = start(configs[2].clone(), &fs[2]).await;
+    let a = common::restart_on(configs[0].clone(), &fs[0]).await;
+    let b = common::restart_on(configs[1].clone(), &fs[1]).await;
+    let c = common::restart_on(configs[2].clone(), &fs[2]).await;
     let started = Instant::now();
     while !put(a.client, "k/start", "1").await {
         assert!(started.elapsed() < DEADLINE, "seed {seed}: no first write");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // c falls behind the leader's log.
-    stop(c).await;
+    common::stop_within(c).await;
     proxy_c.cut();
     let mut round = 0u64;
     let mut write = |count: u64| {
@@ -158,7 +119,7 @@ async fn one_run(seed: u64) {
     }
     // c comes back and catches up by snapshot while writes go on; its disk
     // loses power somewhere in that.
-    let c = start(configs[2].clone(), &fs[2]).await;
+    let c = common::restart_on(configs[2].clone(), &fs[2]).await;
     let writer_client = a.client;
     let range = write(40);
     let writer = tokio::spawn(async move {
@@ -201,10 +162,10 @@ async fn one_run(seed: u64) {
     let wait = wait_started.elapsed();
     let crashed = fs[2].crash(Some(seed));
     proxy_c.cut();
-    stop(c).await;
+    common::stop_within(c).await;
     proxy_c.cut();
     let _ = writer.await;
-    let c = start(configs[2].clone(), &crashed).await;
+    let c = common::restart_on(configs[2].clone(), &crashed).await;
     for i in write(10) {
         put_acked(a.client, &format!("k/{i:05}"), &format!("{seed}-{i}")).await;
     }
@@ -249,9 +210,9 @@ async fn one_run(seed: u64) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stopped_c = stop(c).await;
-    stop(a).await;
-    stop(b).await;
+    let stopped_c = common::stop_within(c).await;
+    common::stop_within(a).await;
+    common::stop_within(b).await;
     assert!(
         matches!(stopped_c, Some(Ok(()))),
         "seed {seed}: c did not stop cleanly: {stopped_c:?}"

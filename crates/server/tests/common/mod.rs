@@ -162,6 +162,48 @@ pub async fn kv_client(client: SocketAddr) -> pb::kv_client::KvClient<tonic::tra
     }
 }
 
+/// Member `name` of a cluster of several in one process: its client and
+/// peer listeners at the given addresses, its peers told `advertised_peer`
+/// (a proxy may stand there), a snapshot every 4 entries.
+pub fn cluster_member_config(
+    name: &str,
+    client: SocketAddr,
+    peer: SocketAddr,
+    advertised_peer: SocketAddr,
+    cluster: &str,
+) -> ResolvedConfig {
+    ServerConfig {
+        listen_client_urls: vec![addr_url(client)],
+        listen_peer_urls: vec![addr_url(peer)],
+        initial_advertise_peer_urls: vec![addr_url(advertised_peer)],
+        initial_cluster: Some(cluster.to_string()),
+        ..member_config(name, 4, 2)
+    }
+    .resolve()
+    .expect("valid config")
+}
+
+/// Starts (or restarts) a member on the addresses its config names, once
+/// they are free again (within 40 s), with WAL segments of 2 KiB (purges
+/// all the time).
+pub async fn restart_on(config: ResolvedConfig, disk: &Disk) -> Member {
+    let within = std::time::Duration::from_secs(40);
+    let listeners = Listeners {
+        client: vec![rebind(config.listen_client_addrs[0], within).await],
+        peer: vec![rebind(config.listen_peer_addrs[0], within).await],
+    };
+    start(config, disk, 2048, listeners)
+}
+
+/// Stops a member; what its `run` returned, unless it took over 15 s.
+pub async fn stop_within(member: Member) -> Option<Result<(), ServerError>> {
+    let _ = member.stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(15), member.task)
+        .await
+        .ok()
+        .map(|joined| joined.expect("member task"))
+}
+
 /// Starts a member as the binary does: it restarts from what its data dir
 /// on `disk` holds, and bootstraps from `config` when that is empty. The WAL writes segments of
 /// `segment_bytes` (small ones make purges frequent). A data dir the member
