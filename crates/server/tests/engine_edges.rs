@@ -218,16 +218,9 @@ fn config_with_quota(
     peer_url: &str,
     quota: u64,
 ) -> ResolvedConfig {
-    ServerConfig {
-        listen_client_urls: vec![url(client)],
-        listen_peer_urls: vec![url(peer)],
-        initial_advertise_peer_urls: vec![peer_url.to_string()],
-        initial_cluster: Some(format!("a={peer_url}")),
-        quota_backend_bytes: quota,
-        ..common::member_config("a", 4, 2)
-    }
-    .resolve()
-    .expect("valid config")
+    let mut config = common::lone_member_config(client, peer, peer_url);
+    config.quota_backend_bytes = quota;
+    config
 }
 
 async fn db_size(client: SocketAddr) -> i64 {
